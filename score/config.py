@@ -1,0 +1,189 @@
+"""Config keys of SCORE: the Mask2Former keys it builds on, and ``MODEL.SCORE``.
+
+``add_maskformer2_config`` adds the keys of Mask2Former / FC-CLIP with their
+names, meanings and defaults. ``add_score_config`` adds ``MODEL.SCORE``, the
+keys of SCORE.md section 11 and the switches of the paper's ablations
+(Tables 2 to 6). Neither changes a key that detectron2 already has: where the
+recipe needs another value (solver, input size, detections per image), the
+yaml in ``configs/`` says so.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_maskformer2_config", "add_score_config", "get_score_cfg"]
+
+
+def add_maskformer2_config(cfg: CN) -> None:
+    """Mask2Former's keys (as in its ``add_maskformer2_config``), with its defaults."""
+    # Data.
+    cfg.INPUT.DATASET_MAPPER_NAME = "score_instance_lsj"  # train mapper; see score/data/mappers.py
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale jitter: square target size (px) and random scale range.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # Solver.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level embeddings)
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr multiplier of parameters under `backbone.`
+
+    cfg.MODEL.MASK_FORMER = CN()
+    # Loss weights and deep supervision.
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # cross-entropy weight of the void class
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    # Transformer decoder.
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    # Number of predictions: DEC_LAYERS - 1 decoder layers plus one on the initial queries.
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
+    # Padding of the batch (px); the backbone's own size_divisibility when 0.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # Point-sampled mask losses (PointRend): points per mask, oversampling k, importance beta.
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference: SCORE does instance segmentation only.
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    # Pixel decoder.
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # FFN width of the deformable encoder layers (Mask2Former hard-codes 1024).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # Multi-scale deformable attention: "auto" (fused kernel when one is
+    # available on the device, else PyTorch), "pytorch" (the reference).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL = "auto"
+
+
+def add_score_config(cfg: CN) -> None:
+    """``MODEL.SCORE``: SCORE.md section 11 and the ablation switches."""
+    cfg.MODEL.SCORE = CN()
+
+    # --- Instance and semantic branches: one open_clip ConvNeXt CLIP (SCORE.md 4.1, 7.2).
+    # open_clip model name of the frozen image + text towers.
+    cfg.MODEL.SCORE.CLIP_MODEL_NAME = "convnext_large_d_320"
+    # Its weights: an open_clip pretrained tag, a local file, or "hf-hub:ORG/REPO[/FILE]".
+    cfg.MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS = "laion2b_s29b_b131k_ft_soup"
+    # Width D of the CLIP joint embedding. It must equal the open_clip model's
+    # embed_dim (checked when the model is built); paper symbol D = 768.
+    cfg.MODEL.SCORE.EMBED_DIM = 768
+
+    # --- Context branch: the frozen remote-sensing CLIP image tower (SCORE.md 10).
+    # Registry name of the context encoder (score/modeling/context/).
+    cfg.MODEL.SCORE.CONTEXT_ENCODER_NAME = "RemoteCLIPContextEncoder"
+    # open_clip model name of the context CLIP (paper Table 3 swaps its weights).
+    cfg.MODEL.SCORE.RSCLIP_MODEL_NAME = "ViT-L-14"
+    # Its weights: a local file (relative paths are resolved against the project
+    # root, not the working directory), an open_clip tag, or
+    # "hf-hub:ORG/REPO[/FILE]"; "hf-hub:chendelong/RemoteCLIP" fetches
+    # RemoteCLIP-<RSCLIP_MODEL_NAME>.pt from the authors' hub repository.
+    cfg.MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS = "RemoteCLIP/RemoteCLIP-ViT-L-14.pt"
+    # QuickGELU (x * sigmoid(1.702 x)) in the context tower's MLPs, as the
+    # authors run it; False builds plain GELU as RemoteCLIP's usage notes do.
+    cfg.MODEL.SCORE.RSCLIP_QUICK_GELU = True
+    # dtype of the context tower: "float16" (the authors' loader) or "float32".
+    cfg.MODEL.SCORE.RSCLIP_DTYPE = "float16"
+    # Side (px) of the square the normalised batch is resized to for the
+    # context tower (bilinear, align_corners False); 224 gives a 16 x 16 grid.
+    cfg.MODEL.SCORE.CONTEXT_INPUT_SIZE = 224
+
+    # Random initialisation of both CLIPs instead of loading weights: only for
+    # tests and benchmarks; logged as a warning.
+    cfg.MODEL.SCORE.RANDOM_INIT_CLIP = False
+    # Folder for the on-disk text-classifier cache ("" = no disk cache). The
+    # cache is keyed by text model, weights and prompts.
+    cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = ""
+
+    # --- Open-vocabulary ensemble (SCORE.md 7.3). Exponent of the
+    # out-vocabulary probability for seen (alpha) and unseen (beta) classes.
+    # The per-target values the authors used are metadata of the test splits.
+    cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA = 0.4
+    cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA = 0.8
+    # Apply the out-vocabulary term only to queries whose mask has a positive pixel.
+    cfg.MODEL.SCORE.ENSEMBLE_ON_VALID_MASK = False
+    # Source of the out-vocabulary term (paper Table 6): "clip" (the ConvNeXt
+    # CLIP, default) or "rsclip" (the context CLIP with its own text tower).
+    cfg.MODEL.SCORE.OUT_VOCAB_SOURCE = "clip"
+    # Initial in-vocabulary logit scale, log(1 / 0.07); exp() is capped at 100.
+    cfg.MODEL.SCORE.LOGIT_SCALE_INIT = 2.6592600846290588
+
+    # --- Region-Aware Integration (SCORE.md 5; paper Table 2 "RAI").
+    cfg.MODEL.SCORE.RAI = CN()
+    cfg.MODEL.SCORE.RAI.ENABLED = True
+    # Adaptive dilation of the mask logits: "gumbel" (the authors': a
+    # Gumbel-softmax mixture over KERNEL_CANDIDATES, then the argmax kernel) or
+    # "paper" (k = 3 + clamp(delta, 0, MAX_DELTA), see docs/DESIGN.md).
+    cfg.MODEL.SCORE.RAI.DILATION = "gumbel"
+    # Candidate max-pool kernel sizes (odd, px of the mask-logit map).
+    cfg.MODEL.SCORE.RAI.KERNEL_CANDIDATES = [3, 5, 7, 9, 11, 13]
+    # Gumbel-softmax temperature tau.
+    cfg.MODEL.SCORE.RAI.GUMBEL_TAU = 2.0
+    # Length of the Gumbel phase in training iterations (the authors count
+    # 2500 prediction-head calls = 250 iterations of 10 predictions).
+    cfg.MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS = 250
+    # Slope of the soft pooling weights sigmoid(s * (M' - 0.5)) in the Gumbel phase.
+    cfg.MODEL.SCORE.RAI.SOFT_POOL_SLOPE = 10.0
+    # "paper" dilation: initial delta and its upper clamp.
+    cfg.MODEL.SCORE.RAI.DELTA_INIT = 1.0
+    cfg.MODEL.SCORE.RAI.MAX_DELTA = 10.0
+    # What RAI pools (paper Table 4): "regional" (the dense context map),
+    # "cls" (the global context token for every query) or "patch" (the patch
+    # tokens of context layer PATCH_LAYER).
+    cfg.MODEL.SCORE.RAI.CONTEXT_SOURCE = "regional"
+    # Block index (0-based) of the context tower whose patch tokens "patch" pools.
+    cfg.MODEL.SCORE.RAI.PATCH_LAYER = 22
+    # Initial value of the learnable integration weight lambda.
+    cfg.MODEL.SCORE.RAI.LAMBDA_INIT = 0.1
+    # Integration stack: l encoder layers of width D (paper symbol l).
+    cfg.MODEL.SCORE.RAI.NUM_LAYERS = 5
+    cfg.MODEL.SCORE.RAI.NHEADS = 8
+    cfg.MODEL.SCORE.RAI.DIM_FEEDFORWARD = 2048
+    # Dropout of the integration layers (PyTorch's default, independent of MASK_FORMER.DROPOUT).
+    cfg.MODEL.SCORE.RAI.DROPOUT = 0.1
+
+    # --- Global Context Adaptation (SCORE.md 6; paper Tables 2 and 5).
+    cfg.MODEL.SCORE.GCA = CN()
+    # "mha" (default), "add" (T + g), "concat" ([T, g] -> Linear(2D, D), our
+    # documented choice) or "none" (T-hat = T).
+    cfg.MODEL.SCORE.GCA.MODE = "mha"
+    cfg.MODEL.SCORE.GCA.NHEADS = 8
+
+    # --- Vocabulary used to decide which test classes are "seen" (SCORE.md
+    # 7.3). Empty: the classes of DATASETS.TRAIN[0].
+    cfg.MODEL.SCORE.TRAIN_VOCABULARY = []
+
+
+def get_score_cfg() -> CN:
+    """detectron2's defaults plus both functions above."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    add_score_config(cfg)
+    return cfg

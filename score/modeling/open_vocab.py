@@ -1,0 +1,76 @@
+"""Open-vocabulary pieces shared by the heads: mask pooling and text-classifier logits.
+
+Shorthand: B batch, Q queries, C feature channels, D joint embedding width,
+N text-classifier rows (one per synonym), K classes, h x w feature size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mask_pool", "classification_logits", "synonym_class_index"]
+
+_EPS = 1e-8
+
+
+def mask_pool(features: Tensor, mask_logits: Tensor, soft_slope: Optional[float] = None) -> Tensor:
+    """Average ``features`` (B, C, h, w) inside each query's mask -> (B, Q, C).
+
+    ``mask_logits`` (B, Q, h', w') are resized bilinearly (align_corners False)
+    to h x w. Hard pooling (``soft_slope`` None) weighs pixels by M > 0 and
+    passes no gradient to the masks (FC-CLIP's MaskPooling); soft pooling
+    weighs them by sigmoid(soft_slope * (M - 0.5)) and keeps the gradient
+    (SCORE.md 5.2, Gumbel phase). Either way the weights are divided by their
+    sum + 1e-8, so an empty mask pools to zeros.
+    """
+    if mask_logits.shape[-2:] != features.shape[-2:]:
+        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+    if soft_slope is None:
+        weights = (mask_logits.detach() > 0).to(features.dtype)
+    else:
+        weights = torch.sigmoid(soft_slope * (mask_logits - 0.5)).to(features.dtype)
+    weights = weights / (weights.sum(dim=(-2, -1), keepdim=True) + _EPS)
+    return torch.einsum("bchw,bqhw->bqc", features, weights)
+
+
+def synonym_class_index(num_synonyms: Sequence[int], device=None) -> Tensor:
+    """Class id (N,) of every text-classifier row, from the synonyms per class."""
+    counts = torch.as_tensor(list(num_synonyms), device=device)
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+
+
+def classification_logits(
+    embeddings: Tensor, classifier: Tensor, logit_scale: Tensor, num_synonyms: Sequence[int]
+) -> Tensor:
+    """Logits of SCORE.md 7.1: (B, Q, D) embeddings against a text classifier -> (B, Q, K + 1).
+
+    ``classifier`` is (N + 1, D), or (B, N + 1, D) when adapted per image;
+    its rows are the synonyms of the K classes in order
+    (``num_synonyms[k]`` rows for class k) and one void row last. Rows are
+    used as given (the text rows are L2-normalised when built, the void row
+    by its owner); the embeddings are L2-normalised here. A class's logit is
+    the maximum over its synonyms; the void logit is last.
+    """
+    scale = torch.clamp(logit_scale.exp(), max=100)
+    embeddings = F.normalize(embeddings, dim=-1)
+    classifier = classifier.to(embeddings.dtype)
+    if classifier.dim() == 2:
+        row_logits = scale * embeddings @ classifier.t()
+    else:
+        row_logits = scale * embeddings @ classifier.transpose(-1, -2)
+    synonym_logits, void_logit = row_logits[..., :-1], row_logits[..., -1:]
+    index = synonym_class_index(num_synonyms, device=row_logits.device)
+    if len(index) != synonym_logits.shape[-1]:
+        raise ValueError(
+            f"classifier has {synonym_logits.shape[-1]} synonym rows but num_synonyms sums to {len(index)}"
+        )
+    num_classes = len(num_synonyms)
+    class_logits = synonym_logits.new_full((*synonym_logits.shape[:-1], num_classes), float("-inf"))
+    class_logits = class_logits.scatter_reduce(
+        -1, index.expand_as(synonym_logits), synonym_logits, reduce="amax", include_self=True
+    )
+    return torch.cat([class_logits, void_logit], dim=-1)
