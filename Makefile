@@ -1,0 +1,35 @@
+# Set-up and main jobs of SCORE. `make help` lists them.
+PYTHON ?= .venv/bin/python
+DEMO_ROOT ?= output/demo
+
+.PHONY: help install test test-fast lint format demo clean
+
+help:
+	@echo "make install    virtual environment .venv with torch, detectron2, SCORE (scripts/install.sh)"
+	@echo "make test       the whole test suite, slow end-to-end tests included (what CI runs)"
+	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "make lint       ruff check + format check"
+	@echo "make demo       synthetic data -> train tiny SCORE on CPU -> cross-dataset evaluation table"
+
+install:
+	bash scripts/install.sh
+
+test:
+	$(PYTHON) -m pytest tests
+
+test-fast:
+	$(PYTHON) -m pytest tests -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+demo:
+	bash scripts/demo.sh $(DEMO_ROOT)
+
+clean:
+	rm -rf output .pytest_cache .ruff_cache
