@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mask_pool", "classification_logits", "synonym_class_index"]
+__all__ = ["mask_pool", "classification_logits", "synonym_class_index", "geometric_ensemble"]
 
 _EPS = 1e-8
 
@@ -74,3 +74,40 @@ def classification_logits(
         -1, index.expand_as(synonym_logits), synonym_logits, reduce="amax", include_self=True
     )
     return torch.cat([class_logits, void_logit], dim=-1)
+
+
+def geometric_ensemble(
+    in_vocab_logits: Tensor,
+    out_vocab_logits: Tensor,
+    seen: Tensor,
+    alpha: float,
+    beta: float,
+    valid: Optional[Tensor] = None,
+) -> Tensor:
+    """Open-vocabulary ensemble of SCORE.md 7.3 -> final logits (B, Q, K + 1).
+
+    Args:
+        in_vocab_logits: (B, Q, K + 1) logits of the final prediction, void last.
+        out_vocab_logits: (B, Q, K + 1) logits of the frozen CLIP, void last (ignored).
+        seen: (K,) bool, True where the class name appears in the training vocabulary.
+        alpha: exponent of the out-vocabulary probability for seen classes.
+        beta: the same for unseen classes.
+        valid: optional (B, Q) bool; where False, the query keeps its
+            in-vocabulary probabilities (ENSEMBLE_ON_VALID_MASK).
+
+    p_in and p_out are softmaxes over the K classes (void removed); the class
+    probability is p_in^(1 - e) * p_out^e with e = alpha (seen) or beta
+    (unseen); it is renormalised over K, scaled by 1 - p_void with p_void from
+    the in-vocabulary softmax including void, and void is appended.
+    """
+    # log(p_in^(1-e) p_out^e) from log-softmaxes: finite even where a
+    # probability underflows to 0 (the logit scale reaches 100).
+    log_p_in = in_vocab_logits[..., :-1].log_softmax(-1)
+    log_p_out = out_vocab_logits[..., :-1].log_softmax(-1)
+    exponent = torch.where(seen.to(log_p_in.device), alpha, beta).to(log_p_in.dtype)
+    if valid is not None:
+        exponent = exponent * valid.to(log_p_in.dtype).unsqueeze(-1)
+    log_p = torch.lerp(log_p_in, log_p_out, exponent)
+    void = in_vocab_logits.softmax(-1)[..., -1:]
+    probs = torch.cat([log_p.softmax(-1) * (1.0 - void), void], dim=-1)
+    return torch.log(probs + _EPS)

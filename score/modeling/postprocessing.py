@@ -1,0 +1,74 @@
+"""Instance inference of SCORE (SCORE.md 7.4): from per-query logits and masks to ``Instances``.
+
+Shorthand: Q queries, K classes, R = number of kept detections, h x w mask
+size of the head (stride 4 of the padded input), H x W original image size.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Instances
+from torch import Tensor
+
+__all__ = ["instance_inference", "resize_mask_logits"]
+
+
+def resize_mask_logits(
+    mask_logits: Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> Tensor:
+    """(R, h, w) head logits -> (R, H, W): upsample to the padded input, crop the padding, resize.
+
+    The same steps as detectron2's ``sem_seg_postprocess`` used by Mask2Former.
+    """
+    logits = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    logits = logits[..., : image_size[0], : image_size[1]]
+    return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)[0]
+
+
+def instance_inference(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    *,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    max_detections: int,
+) -> Instances:
+    """Top-``max_detections`` (query, class) pairs of one image as detectron2 ``Instances``.
+
+    Args:
+        class_logits: (Q, K + 1) final logits, void last.
+        mask_logits: (Q, h, w) mask logits of the head.
+        padded_size: size of the padded batch the head saw (Hp, Wp).
+        image_size: size of this image inside the padded batch.
+        output_size: (H, W) of the original image.
+        max_detections: TEST.DETECTIONS_PER_IMAGE (300 in the recipe).
+
+    Scores are softmax(class_logits)[:, :K] flattened over Q x K; each pick
+    gives a class and its query's mask. The binary mask is logits > 0, the box
+    its tight box, and the score the class score times the mean sigmoid
+    probability inside the binary mask. Only the masks of the picked queries
+    are resized to the image, once per distinct query.
+    """
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    scores = class_logits.softmax(-1)[:, :num_classes]
+    k = min(max_detections, scores.numel())
+    top_scores, top_index = scores.flatten().topk(k, sorted=False)
+    query_index = torch.div(top_index, num_classes, rounding_mode="floor")
+    classes = top_index % num_classes
+
+    queries, inverse = torch.unique(query_index, return_inverse=True)
+    logits = resize_mask_logits(mask_logits[queries], padded_size, image_size, output_size)
+    binary = logits > 0
+    area = binary.flatten(1).sum(1)
+    mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (area + 1e-6)
+
+    result = Instances(output_size)
+    result.pred_masks = binary[inverse]
+    result.pred_boxes = BitMasks(result.pred_masks).get_bounding_boxes()
+    result.scores = top_scores * mask_scores[inverse]
+    result.pred_classes = classes
+    return result
