@@ -1,0 +1,55 @@
+"""Instance inference of SCORE.md 7.4 against a direct computation."""
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Instances
+
+from score.modeling.postprocessing import instance_inference
+
+
+def _direct(class_logits, mask_logits, padded, image, out, k):
+    scores = class_logits.softmax(-1)[:, :-1]
+    num_classes = scores.shape[1]
+    top, idx = scores.flatten().topk(k)
+    masks = F.interpolate(mask_logits[None], size=padded, mode="bilinear", align_corners=False)
+    masks = masks[..., : image[0], : image[1]]
+    masks = F.interpolate(masks, size=out, mode="bilinear", align_corners=False)[0]
+    results = []
+    for s, i in zip(top.tolist(), idx.tolist()):
+        q, c = divmod(i, num_classes)
+        binary = masks[q] > 0
+        mask_score = (masks[q].sigmoid() * binary).sum() / (binary.sum() + 1e-6)
+        results.append((c, s * mask_score.item(), binary))
+    return results
+
+
+def test_topk_classes_masks_scores_and_boxes():
+    torch.manual_seed(0)
+    class_logits = torch.randn(6, 4)  # 6 queries, 3 classes + void
+    mask_logits = torch.randn(6, 8, 10)
+    result = instance_inference(
+        class_logits, mask_logits, padded_size=(32, 40), image_size=(30, 37), output_size=(45, 50), max_detections=5
+    )
+    assert isinstance(result, Instances) and result.image_size == (45, 50) and len(result) == 5
+    assert result.pred_masks.dtype == torch.bool and result.pred_masks.shape == (5, 45, 50)
+    expected = _direct(class_logits, mask_logits, (32, 40), (30, 37), (45, 50), 5)
+    got = sorted(zip(result.pred_classes.tolist(), result.scores.tolist(), result.pred_masks), key=lambda t: -t[1])
+    expected = sorted(expected, key=lambda t: -t[1])
+    for (c, s, m), (ec, es, em) in zip(got, expected):
+        assert c == ec and abs(s - es) < 1e-5 and torch.equal(m, em)
+    for box, mask in zip(result.pred_boxes.tensor, result.pred_masks):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys):
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_fewer_pairs_than_detections_and_empty_masks():
+    class_logits = torch.randn(2, 3)
+    mask_logits = torch.full((2, 4, 4), -5.0)  # no positive pixel anywhere
+    result = instance_inference(
+        class_logits, mask_logits, padded_size=(16, 16), image_size=(16, 16), output_size=(16, 16), max_detections=300
+    )
+    assert len(result) == 4  # Q x K = 2 x 2
+    assert not result.pred_masks.any()
+    assert torch.all(result.scores == 0)
+    assert torch.all(result.pred_boxes.tensor == 0)
