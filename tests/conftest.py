@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny SCORE config and generated inputs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny" / "score_tiny_isaid.yaml"
+NWPU_SAMPLE = REPO.parent / "shared" / "data" / "nwpu_vhr10_sample"
+
+
+def tiny_cfg(*opts: str):
+    """The tiny SCORE config (random CLIP weights, CPU) with KEY VALUE overrides."""
+    from score.config import get_score_cfg
+
+    cfg = get_score_cfg()
+    cfg.merge_from_file(str(TINY_CONFIG))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture
+def make_inputs():
+    """Batched detectron2 inputs with random images and (optionally) square instances."""
+    from detectron2.structures import BitMasks, Instances
+
+    def make(sizes, num_instances=2, num_classes=15, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        batch = []
+        for h, w in sizes:
+            image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+            masks = torch.zeros(num_instances, h, w, dtype=torch.bool)
+            for i in range(num_instances):
+                y, x = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+                masks[i, y : y + h // 3, x : x + w // 3] = True
+            instances = Instances((h, w))
+            instances.gt_classes = torch.randint(0, num_classes, (num_instances,), generator=g)
+            instances.gt_masks = BitMasks(masks)
+            batch.append({"image": image, "height": h, "width": w, "instances": instances})
+        return batch
+
+    return make

@@ -1,0 +1,42 @@
+"""Every config merges; typos are refused by detectron2's config system."""
+
+from pathlib import Path
+
+import pytest
+
+from score.config import get_score_cfg
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"Base-SCORE.yaml", "score_isaid_instance.yaml", "score_sior_instance.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_config_merges(path):
+    cfg = get_score_cfg()
+    cfg.merge_from_file(str(path))
+    cfg.freeze()
+    assert cfg.MODEL.META_ARCHITECTURE == "SCORE"
+
+
+def test_recipe_values():
+    cfg = get_score_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "score_isaid_instance.yaml"))
+    assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 300 and cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
+    assert cfg.SOLVER.BASE_LR == 1.25e-5 and cfg.SOLVER.MAX_ITER == 468300
+    assert tuple(cfg.SOLVER.STEPS) == (int(0.9 * 468300), int(0.95 * 468300))
+    assert cfg.MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS * (cfg.MODEL.MASK_FORMER.DEC_LAYERS) == 2500
+    assert cfg.INPUT.IMAGE_SIZE == 512 and cfg.TEST.DETECTIONS_PER_IMAGE == 300
+
+
+def test_unknown_key_is_refused(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("MODEL:\n  SCORE:\n    GEOMETRIC_ENSEMBLE_ALPA: 0.3\n")
+    cfg = get_score_cfg()
+    with pytest.raises(KeyError, match="GEOMETRIC_ENSEMBLE_ALPA"):
+        cfg.merge_from_file(str(bad))
+    with pytest.raises(AssertionError, match="Non-existent key: MODEL.SCORE.RAI.NUM_LAYER"):
+        cfg.merge_from_list(["MODEL.SCORE.RAI.NUM_LAYER", "3"])
