@@ -1,0 +1,375 @@
+"""Sliding-window inference on scenes far larger than the model's input (aerial scenes of 10^4 px a side).
+
+Shorthand: T tile side (px), O overlap of neighbouring tiles (px), R
+instances of one tile, H x W the scene. Boxes are integer pixel edges
+(x0, y0, x1, y1), end-exclusive, in scene coordinates.
+
+The scene is cut into T x T windows (row-major, stride T - O; the last
+window of a row or column is moved back so that it ends at the scene border
+instead of being padded). Each window is read on its own (a numpy slice, or
+a rasterio window of a GeoTIFF) and goes through the predictor. Every
+instance is kept as a :class:`SceneInstance`: its tight box and the mask
+cropped to that box, never a mask of the whole scene, so memory grows with
+the tile and with the objects, not with the scene.
+
+:class:`TileMerger` joins the pieces of an object that tile borders cut, and
+the duplicates that two overlapping tiles both see. Two instances of the same
+class from different tiles are one object when
+
+* **overlap**: on the region both tiles saw (the instance's window
+  intersected with the windows the other instance came from), the two masks
+  cover each other: |A n B| / min(|A|, |B|) >= ``match_threshold``
+  (intersection over the smaller mask, so that a piece cut by one tile's
+  border still matches the whole object seen by the other tile); or
+* **contact**: one mask reaches the border of a window it came from, and the
+  other continues it on the pixel line just beyond that border:
+  contacts / min(pixels of A on the border line, pixels of B on the line
+  beyond) >= ``match_threshold``. This joins pieces when tiles do not overlap
+  (O = 0) or when an object is cut by both tiles' borders.
+
+A match is replaced by the union of the masks (box = union of boxes) with the
+higher score; a piece that matches several instances joins them all. An
+instance whose box ends above the current row of tiles can match nothing
+any more and leaves the working set, which keeps the pairwise checks to the
+neighbourhood of the current tile.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.structures import Instances
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+__all__ = [
+    "ArrayReader",
+    "SceneInstance",
+    "SceneReader",
+    "TileMerger",
+    "instances_to_scene",
+    "tile_windows",
+    "tiled_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+Box = Tuple[int, int, int, int]
+
+
+class SceneReader(Protocol):
+    """What tiled inference needs from a scene: its size and windows of it as (h, w, 3) uint8."""
+
+    height: int
+    width: int
+
+    def read(self, window: Box) -> np.ndarray: ...
+
+
+class ArrayReader:
+    """A scene already in memory: windows are numpy slices (views, no copy)."""
+
+    def __init__(self, image: np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+        self.image = image
+        self.height, self.width = image.shape[:2]
+
+    def read(self, window: Box) -> np.ndarray:
+        x0, y0, x1, y1 = window
+        return self.image[y0:y1, x0:x1]
+
+
+@dataclass
+class SceneInstance:
+    """One detected object in scene coordinates: class, score, tight box and the mask cropped to it.
+
+    Attributes:
+        category: index of the class in the vocabulary.
+        score: detection score in [0, 1].
+        box: (x0, y0, x1, y1) pixel edges, end-exclusive: the tight box of ``mask``.
+        mask: bool (y1 - y0, x1 - x0).
+        windows: the tile windows the instance was seen in (for merging).
+    """
+
+    category: int
+    score: float
+    box: Box
+    mask: np.ndarray
+    windows: List[Box] = field(default_factory=list)
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels."""
+        return int(self.mask.sum())
+
+    def region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The mask on the scene region [y0, y1) x [x0, x1): bool (y1 - y0, x1 - x0), False off the box."""
+        out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool)
+        bx0, by0, bx1, by1 = self.box
+        ix0, iy0, ix1, iy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+        if ix0 < ix1 and iy0 < iy1:
+            crop = self.mask[iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0]
+            out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = crop
+        return out
+
+    def bbox_xywh(self) -> List[float]:
+        """COCO box [x, y, width, height] of the mask (pixel edges)."""
+        x0, y0, x1, y1 = self.box
+        return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+    def to_coco_rle(self, height: int, width: int) -> dict:
+        """COCO compressed RLE of the mask in an H x W image, built from the crop (no H x W array).
+
+        COCO RLE counts alternate runs of 0 and 1 over the column-major
+        flattening of the image; the positions of the crop's pixels in that
+        order are (x0 + col) * H + (y0 + row), already sorted when the crop
+        is walked column by column.
+        """
+        x0, y0, _, _ = self.box
+        cols, rows = np.nonzero(self.mask.T)
+        positions = (cols.astype(np.int64) + x0) * height + (rows.astype(np.int64) + y0)
+        if positions.size == 0:
+            counts = [height * width]
+        else:
+            breaks = np.nonzero(np.diff(positions) != 1)[0]
+            starts = positions[np.r_[0, breaks + 1]]
+            ends = positions[np.r_[breaks, positions.size - 1]] + 1
+            runs = np.empty(2 * starts.size + 1, dtype=np.int64)
+            runs[0] = starts[0]
+            runs[1:-1:2] = ends - starts
+            runs[2:-1:2] = starts[1:] - ends[:-1]
+            runs[-1] = height * width - ends[-1]
+            counts = runs.tolist()
+        rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+        rle["counts"] = rle["counts"].decode("ascii")
+        return rle
+
+    def to_full_mask(self, height: int, width: int) -> np.ndarray:
+        """The mask in an H x W image (for small images and tests; tiled scenes should keep the crop)."""
+        return self.region(0, 0, width, height)
+
+
+def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> List[Box]:
+    """Row-major windows (x0, y0, x1, y1) of side ``tile_size`` covering an H x W scene.
+
+    Neighbours overlap by at least ``overlap`` px; the last window of each row
+    and column ends at the scene border (moved back, not padded), so all
+    windows are T x T unless the scene itself is smaller than T.
+    """
+    if tile_size <= 0:
+        raise ValueError(f"tile size must be positive, got {tile_size}")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"tile overlap must be in [0, tile size {tile_size}), got {overlap}")
+
+    def starts(length: int) -> List[int]:
+        if length <= tile_size:
+            return [0]
+        positions = list(range(0, length - tile_size, tile_size - overlap))
+        return positions + [length - tile_size]
+
+    return [
+        (x, y, min(x + tile_size, width), min(y + tile_size, height))
+        for y in starts(height)
+        for x in starts(width)
+    ]
+
+
+def instances_to_scene(
+    instances: Instances, window: Box, score_threshold: float = 0.0
+) -> List[SceneInstance]:
+    """Predictions on one window (masks (R, h, w) of the window) -> scene instances with cropped masks.
+
+    Instances below ``score_threshold`` and empty masks are dropped.
+    """
+    x0, y0, _, _ = window
+    scores = instances.scores.detach().cpu()
+    keep = torch.nonzero(scores >= score_threshold).flatten()
+    if keep.numel() == 0:
+        return []
+    masks = instances.pred_masks[keep].detach().cpu().bool().numpy()
+    classes = instances.pred_classes[keep].cpu().tolist()
+    scores = scores[keep].tolist()
+    result = []
+    for mask, category, score in zip(masks, classes, scores):
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        result.append(
+            SceneInstance(
+                category=int(category),
+                score=float(score),
+                box=(x0 + c0, y0 + r0, x0 + c1, y0 + r1),
+                mask=mask[r0:r1, c0:c1].copy(),
+                windows=[window],
+            )
+        )
+    return result
+
+
+def _intersect(a: Box, b: Box) -> Box:
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
+def _hull(boxes: Sequence[Box]) -> Box:
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def _near(a: Box, b: Box) -> bool:
+    """Boxes that overlap or touch (share an edge or a corner)."""
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _ratio(common: int, a: int, b: int) -> float:
+    smaller = min(a, b)
+    return common / smaller if smaller > 0 else 0.0
+
+
+def _overlap_ratio(a: SceneInstance, b: SceneInstance, window: Box) -> float:
+    """|A n B| / min(|A|, |B|) on the part of ``window`` (b's tile) that a's other tiles also saw."""
+    other = [w for w in a.windows if w != window]
+    hull = _hull([a.box, b.box])
+    # Both masks restricted to b's tile lie in this region, which is at most T x T.
+    rx0, ry0, rx1, ry1 = _intersect(window, hull)
+    if rx0 >= rx1 or ry0 >= ry1 or not other:
+        return 0.0
+    seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
+    for w in other:
+        x0, y0, x1, y1 = _intersect(w, (rx0, ry0, rx1, ry1))
+        if x0 < x1 and y0 < y1:
+            seen[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = True
+    a_seen = a.region(rx0, ry0, rx1, ry1) & seen
+    b_seen = b.region(rx0, ry0, rx1, ry1) & seen
+    return _ratio(int((a_seen & b_seen).sum()), int(a_seen.sum()), int(b_seen.sum()))
+
+
+def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -> float:
+    """Best contact ratio of a's pixels on a border line of one of ``windows`` with b's beyond it."""
+    best = 0.0
+    for x0, y0, x1, y1 in windows:
+        # (line of a inside the window, line of b just outside it), for the four sides.
+        sides = (
+            ((x1 - 1, y0, x1, y1), (x1, y0, x1 + 1, y1)),
+            ((x0, y0, x0 + 1, y1), (x0 - 1, y0, x0, y1)),
+            ((x0, y1 - 1, x1, y1), (x0, y1, x1, y1 + 1)),
+            ((x0, y0, x1, y0 + 1), (x0, y0 - 1, x1, y0)),
+        )
+        for inner, outer in sides:
+            if not (_near(a.box, inner) and _near(b.box, outer)):
+                continue
+            a_line = a.region(*inner).ravel()
+            b_line = b.region(*outer).ravel()
+            best = max(best, _ratio(int((a_line & b_line).sum()), int(a_line.sum()), int(b_line.sum())))
+    return best
+
+
+def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
+    x0, y0, x1, y1 = _hull([p.box for p in parts])
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    windows: List[Box] = []
+    for p in parts:
+        px0, py0, px1, py1 = p.box
+        mask[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= p.mask
+        windows.extend(w for w in p.windows if w not in windows)
+    best = max(parts, key=lambda p: p.score)
+    return SceneInstance(best.category, best.score, (x0, y0, x1, y1), mask, windows)
+
+
+class TileMerger:
+    """Collects the instances of the tiles of a scene (row-major) and merges the pieces of each object."""
+
+    def __init__(self, *, match_threshold: float = 0.5):
+        """
+        Args:
+            match_threshold: minimum overlap ratio (intersection over the smaller
+                mask, on the region both tiles saw) or contact ratio (along a
+                tile border) for two same-class instances to be one object.
+        """
+        if not 0.0 < match_threshold <= 1.0:
+            raise ValueError(f"match_threshold must be in (0, 1], got {match_threshold}")
+        self.match_threshold = match_threshold
+        self._active: Dict[int, SceneInstance] = {}
+        self._done: List[SceneInstance] = []
+        self._next_id = 0
+
+    def _same_object(self, a: SceneInstance, b: SceneInstance, window: Box) -> bool:
+        if a.category != b.category or not _near(a.box, b.box) or a.windows == [window]:
+            return False
+        if _overlap_ratio(a, b, window) >= self.match_threshold:
+            return True
+        a_windows = [w for w in a.windows if w != window]
+        return (
+            _contact_ratio(a, b, a_windows) >= self.match_threshold
+            or _contact_ratio(b, a, [window]) >= self.match_threshold
+        )
+
+    def add(self, window: Box, instances: Sequence[SceneInstance]) -> None:
+        """Add the instances found in ``window``; windows must come in row-major order."""
+        top = window[1]
+        # Instances ending above this row of tiles can neither overlap nor touch any later tile.
+        finished = [key for key, inst in self._active.items() if inst.box[3] < top]
+        for key in finished:
+            self._done.append(self._active.pop(key))
+        reach = (window[0] - 1, window[1] - 1, window[2] + 1, window[3] + 1)
+        candidates = {key: inst for key, inst in self._active.items() if _near(inst.box, reach)}
+        for inst in instances:
+            matches = [key for key, other in candidates.items() if self._same_object(other, inst, window)]
+            if matches:
+                inst = _union([candidates.pop(key) for key in matches] + [inst])
+                for key in matches:
+                    del self._active[key]
+            key = self._next_id
+            self._next_id += 1
+            self._active[key] = inst
+            candidates[key] = inst
+
+    def finish(self) -> List[SceneInstance]:
+        """All merged instances, by decreasing score."""
+        result = self._done + list(self._active.values())
+        self._done, self._active = [], {}
+        return sorted(result, key=lambda inst: -inst.score)
+
+
+def tiled_inference(
+    predict: Callable[[np.ndarray], Instances],
+    scene: Union[SceneReader, np.ndarray],
+    *,
+    tile_size: int,
+    overlap: int,
+    score_threshold: float = 0.0,
+    match_threshold: float = 0.5,
+    progress: bool = False,
+) -> List[SceneInstance]:
+    """Predict on every T x T window of ``scene`` and merge the pieces of cut objects.
+
+    Args:
+        predict: (h, w, 3) uint8 window -> Instances with ``pred_masks`` (R, h, w),
+            ``scores`` and ``pred_classes`` (e.g. a :class:`score.predictor.SCOREPredictor`).
+        scene: a :class:`SceneReader` (e.g. :class:`score.geo.GeoTiffReader`) or an (H, W, 3) array.
+        tile_size: side T of the windows (px).
+        overlap: overlap O of neighbouring windows (px), 0 <= O < T.
+        score_threshold: instances below it are dropped in each tile, before merging.
+        match_threshold: see :class:`TileMerger`.
+        progress: show a tqdm bar over the tiles.
+
+    Returns:
+        Merged instances in scene coordinates, by decreasing score.
+    """
+    reader = ArrayReader(scene) if isinstance(scene, np.ndarray) else scene
+    windows = tile_windows(reader.height, reader.width, tile_size, overlap)
+    merger = TileMerger(match_threshold=match_threshold)
+    for window in tqdm(windows, desc="tiles", unit="tile", disable=not progress, leave=False):
+        tile = np.ascontiguousarray(reader.read(window))
+        merger.add(window, instances_to_scene(predict(tile), window, score_threshold))
+    return merger.finish()
