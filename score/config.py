@@ -178,6 +178,12 @@ def add_score_config(cfg: CN) -> None:
     # 7.3). Empty: the classes of DATASETS.TRAIN[0].
     cfg.MODEL.SCORE.TRAIN_VOCABULARY = []
 
+    # --- Evaluation (DATASETS.md "Evaluation protocol"): implementation of COCO
+    # mask AP. "faster_coco_eval" (C++, the same numbers as pycocotools; the
+    # faster one in tools/benchmark_coco_eval.py), "pycocotools" (the official
+    # API) or "detectron2" (its C++ COCOeval_opt; needs detectron2's extension).
+    cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
+
 
 def get_score_cfg() -> CN:
     """detectron2's defaults plus both functions above."""

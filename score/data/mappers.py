@@ -1,0 +1,171 @@
+"""Dataset mappers: a dataset dict (detectron2 standard format) to a model input.
+
+Training uses large-scale jitter (SCORE.md 8), the augmentation of
+Mask2Former's ``COCOInstanceNewBaselineDatasetMapper``: horizontal flip, a
+random rescale of a square target size, then a fixed-size random crop that pads
+when the image is smaller. Unlike Mask2Former's mapper, masks go through
+detectron2's "bitmask" path, so polygon and RLE annotations (SAMRS splits are
+RLE) are both accepted.
+
+Testing needs no custom mapper: detectron2's ``DatasetMapper`` with
+``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` keeps every
+image and drops the annotations (the evaluator reads them from the json).
+
+``cfg.INPUT.DATASET_MAPPER_NAME`` picks the training mapper by name from
+``TRAIN_MAPPERS``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks
+
+__all__ = [
+    "TRAIN_MAPPERS",
+    "SCOREInstanceLSJMapper",
+    "build_test_mapper",
+    "build_train_mapper",
+    "read_image_or_fail",
+    "register_train_mapper",
+]
+
+logger = logging.getLogger(__name__)
+
+TRAIN_MAPPERS: dict[str, type] = {}
+
+
+def register_train_mapper(name: str) -> Callable[[type], type]:
+    """Class decorator: make a training mapper selectable by ``INPUT.DATASET_MAPPER_NAME``."""
+
+    def register(cls: type) -> type:
+        if name in TRAIN_MAPPERS:
+            raise KeyError(f"A training mapper named {name!r} is already registered: {TRAIN_MAPPERS[name]}")
+        TRAIN_MAPPERS[name] = cls
+        return cls
+
+    return register
+
+
+def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
+    """detectron2's ``read_image``, with an error that names the file when it cannot be decoded.
+
+    Returns:
+        (H, W, C) uint8 array in ``image_format`` (e.g. "RGB").
+    """
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError) as e:
+        # PIL's messages name a file object or nothing at all; a data loader
+        # worker's traceback must say which of thousands of images is broken.
+        raise OSError(f"Cannot read image {file_name!r}: {e}") from e
+
+
+def build_lsj_augmentations(
+    *, image_size: int, min_scale: float, max_scale: float, random_flip: str
+) -> list[T.Augmentation]:
+    """Large-scale jitter, as Mask2Former's ``build_transform_gen``.
+
+    Args:
+        image_size: side (px) of the square target and of the crop.
+        min_scale, max_scale: range of the random scale of the target size.
+        random_flip: "horizontal", "vertical" or "none" (detectron2's INPUT.RANDOM_FLIP).
+    """
+    augmentations: list[T.Augmentation] = []
+    if random_flip != "none":
+        augmentations.append(
+            T.RandomFlip(horizontal=random_flip == "horizontal", vertical=random_flip == "vertical")
+        )
+    augmentations += [
+        T.ResizeScale(
+            min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size
+        ),
+        T.FixedSizeCrop(crop_size=(image_size, image_size)),
+    ]
+    return augmentations
+
+
+@register_train_mapper("score_instance_lsj")
+class SCOREInstanceLSJMapper:
+    """Training mapper with large-scale jitter for instance segmentation.
+
+    Output dict: the input's fields, plus "image" (3, H, W) uint8 tensor in
+    ``image_format`` and "instances" (``Instances`` with ``gt_classes`` (N,),
+    ``gt_boxes`` (N, 4) tight around the cropped masks, ``gt_masks``
+    ``BitMasks`` (N, H, W)); "annotations" is removed. Crowd annotations are
+    dropped, and instances left empty by the crop are filtered out.
+    """
+
+    @configurable
+    def __init__(self, *, augmentations: list[T.Augmentation], image_format: str):
+        """
+        Args:
+            augmentations: applied in order to the image and its annotations.
+            image_format: detectron2 image format of the output ("RGB" for CLIP).
+        """
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        logger.info("[SCOREInstanceLSJMapper] augmentations: %s", augmentations)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        return {
+            "augmentations": build_lsj_augmentations(
+                image_size=cfg.INPUT.IMAGE_SIZE,
+                min_scale=cfg.INPUT.MIN_SCALE,
+                max_scale=cfg.INPUT.MAX_SCALE,
+                random_flip=cfg.INPUT.RANDOM_FLIP,
+            ),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused every epoch
+        image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+        utils.check_image_size(dataset_dict, image)
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]  # (H, W)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        annos = [
+            utils.transform_instance_annotations(obj, transforms, image_shape)
+            for obj in dataset_dict.pop("annotations", [])
+            if obj.get("iscrowd", 0) == 0
+        ]
+        for anno in annos:
+            anno.pop("keypoints", None)
+        instances = utils.annotations_to_instances(annos, image_shape, mask_format="bitmask")
+        # The crop cuts objects, so boxes transformed from the annotation no
+        # longer fit the masks: recompute them from the masks, then drop the
+        # instances the crop emptied.
+        if instances.has("gt_masks"):
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        else:
+            # No annotation left (only crowds, or none): the model still reads gt_masks.
+            instances.gt_masks = BitMasks(torch.zeros((0, *image_shape), dtype=torch.bool))
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict
+
+
+def build_train_mapper(cfg: CfgNode) -> Callable[[dict], dict]:
+    """The training mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name not in TRAIN_MAPPERS:
+        raise KeyError(f"Unknown INPUT.DATASET_MAPPER_NAME {name!r}; registered: {sorted(TRAIN_MAPPERS)}")
+    return TRAIN_MAPPERS[name](cfg)
+
+
+def build_test_mapper(cfg: CfgNode) -> DatasetMapper:
+    """detectron2's test mapper: ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``."""
+    return DatasetMapper(cfg, is_train=False)
