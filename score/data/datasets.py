@@ -206,11 +206,18 @@ def load_instance_json(
 
 
 def _sync_metadata(name: str, **values) -> None:
-    """Set metadata values, replacing the entry when one differs (detectron2 forbids overwriting)."""
+    """Set metadata values; an entry holding a different value is replaced, as detectron2 forbids overwriting.
+
+    A value differs when the root read at load time is not the one read at
+    registration: the metadata then follows the files actually loaded, so that
+    evaluators read the same annotation file.
+    """
     meta = MetadataCatalog.get(name)
-    if all(getattr(meta, k, None) == v for k, v in values.items()):
+    stale = {k: v for k, v in values.items() if hasattr(meta, k) and getattr(meta, k) != v}
+    if not stale:
+        meta.set(**values)
         return
-    logger.info("Metadata of %s updated to the files loaded: %s", name, values)
+    logger.info("Metadata of %s now follows the files loaded: %s", name, stale)
     merged = {k: v for k, v in meta.as_dict().items() if k != "name"}
     merged.update(values)
     MetadataCatalog.remove(name)
