@@ -1,0 +1,273 @@
+"""GeoTIFF scenes in, GeoJSON detections out (through rasterio).
+
+Reading (:class:`GeoTiffReader`): windows of the raster are read on demand
+(never the whole scene), bands ``(1, 2, 3)`` as R, G, B by default (a single
+band is repeated three times). uint8 rasters are used as they are; other
+dtypes are mapped to 0..255 either by per-band percentiles (``"percentile"``,
+default: the 2nd and 98th percentiles of a decimated read of at most
+1024 px a side, nodata excluded, clipped) or by the dtype's range
+(``"dtype"``: 0..max of the integer type, e.g. / 65535 for uint16). Satellite
+products often store 11 or 12 bits in uint16, which the dtype range would
+render almost black; hence percentiles by default.
+
+Writing (:func:`instances_to_geojson`): one Feature per instance. Its geometry
+is the outline of the mask's pixels (``rasterio.features.shapes``: pixel
+edges, holes as inner rings, one Polygon per 4-connected part, a
+MultiPolygon when there are several) mapped to map coordinates by the
+raster's affine transform, which takes pixel *corners* (col, row) to (x, y):
+pixel (c, r) covers the square with corners transform @ (c, r) and
+transform @ (c + 1, r + 1). Properties: ``class`` (the vocabulary entry),
+``category_id`` (1-based, as in the COCO file), ``score``, ``area_px`` and
+``area_crs`` (area in CRS units squared, ``area_px * |det(transform)|``, only
+when the CRS is projected; null for a geographic CRS, whose degrees squared
+mean nothing). RFC 7946 GeoJSON is WGS84 longitude/latitude: with
+``to_wgs84=True`` the geometries are reprojected to it and no "crs" member is
+written; otherwise (default) they stay in the raster's CRS, which is named in
+a "crs" member (the pre-RFC 7946 form that GDAL and QGIS read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.warp
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from .tiling import Box, SceneInstance
+
+__all__ = [
+    "GEO_SUFFIXES",
+    "GeoTiffReader",
+    "crs_member",
+    "instance_geometry",
+    "instances_to_geojson",
+    "write_geojson",
+]
+
+logger = logging.getLogger(__name__)
+
+# Files opened with rasterio (and written out as GeoJSON when georeferenced).
+GEO_SUFFIXES = (".tif", ".tiff")
+_SCALINGS = ("percentile", "dtype")
+# Longest side of the decimated read that percentile statistics are computed on.
+_STATS_SIZE = 1024
+
+
+class GeoTiffReader:
+    """Windows of a (Geo)TIFF as (h, w, 3) uint8 RGB, with the raster's transform and CRS.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        bands: Optional[Sequence[int]] = None,
+        scaling: str = "percentile",
+        percentiles: Tuple[float, float] = (2.0, 98.0),
+    ):
+        """
+        Args:
+            path: raster file.
+            bands: 1-based band indices read as R, G, B; default (1, 2, 3), or (1, 1, 1)
+                for a single-band raster.
+            scaling: how non-uint8 rasters become 8 bit: "percentile" or "dtype".
+            percentiles: low and high percentiles mapped to 0 and 255 ("percentile").
+        """
+        if scaling not in _SCALINGS:
+            raise ValueError(f"scaling must be one of {_SCALINGS}, not {scaling!r}")
+        self.path = path
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._src = rasterio.open(path)
+        except RasterioIOError as error:
+            raise OSError(f"cannot read raster {path}: {error}") from error
+        src = self._src
+        if bands is None:
+            if src.count >= 3:
+                bands = (1, 2, 3)
+            elif src.count == 1:
+                bands = (1, 1, 1)
+            else:
+                self.close()
+                raise ValueError(f"{path} has {src.count} bands; give three band indices to read as RGB")
+        if len(bands) != 3 or not all(1 <= b <= src.count for b in bands):
+            self.close()
+            raise ValueError(f"bands must be three indices in 1..{src.count} for {path}, got {list(bands)}")
+        self.bands = tuple(int(b) for b in bands)
+        self.height, self.width = src.height, src.width
+        self.transform: Affine = src.transform
+        self.crs: Optional[CRS] = src.crs
+        self.dtype = np.dtype(src.dtypes[self.bands[0] - 1])
+        self._offset, self._scale = self._scaling(scaling, percentiles)
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the raster has a CRS (otherwise GeoJSON coordinates would be pixels)."""
+        return self.crs is not None
+
+    def _scaling(self, scaling: str, percentiles: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-band (offset, scale) with value_8bit = clip((value - offset) * scale, 0, 255)."""
+        if self.dtype == np.uint8:
+            return np.zeros(3), np.ones(3)
+        if scaling == "dtype":
+            if not np.issubdtype(self.dtype, np.integer):
+                raise ValueError(
+                    f"{self.path} is {self.dtype}: the dtype range is only defined for integers; "
+                    'use scaling "percentile"'
+                )
+            return np.zeros(3), np.full(3, 255.0 / np.iinfo(self.dtype).max)
+        factor = min(1.0, _STATS_SIZE / max(self.height, self.width))
+        shape = (3, max(1, round(self.height * factor)), max(1, round(self.width * factor)))
+        sample = self._src.read(self.bands, out_shape=shape, resampling=Resampling.nearest, masked=True)
+        offsets, scales = np.zeros(3), np.ones(3)
+        for i, band in enumerate(sample):
+            values = band.compressed().astype(np.float64)
+            if values.size == 0:
+                continue
+            low, high = np.percentile(values, percentiles)
+            offsets[i] = low
+            scales[i] = 255.0 / (high - low) if high > low else 1.0
+        logger.info(
+            "%s (%s): bands %s scaled by percentiles %s", self.path, self.dtype, self.bands, percentiles
+        )
+        return offsets, scales
+
+    def _to_uint8(self, data: np.ndarray) -> np.ndarray:
+        """(3, h, w) raster values -> (h, w, 3) uint8."""
+        if self.dtype != np.uint8:
+            data = (data.astype(np.float32) - self._offset[:, None, None].astype(np.float32)) * self._scale[
+                :, None, None
+            ].astype(np.float32)
+            data = np.clip(np.rint(data), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(data.transpose(1, 2, 0))
+
+    def read(self, window: Box) -> np.ndarray:
+        """The pixels of window (x0, y0, x1, y1) as (y1 - y0, x1 - x0, 3) uint8 RGB."""
+        x0, y0, x1, y1 = window
+        try:
+            data = self._src.read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0))
+        except RasterioIOError as error:
+            raise OSError(f"cannot read window {window} of {self.path}: {error}") from error
+        return self._to_uint8(data)
+
+    def read_preview(self, max_side: int) -> Tuple[np.ndarray, float]:
+        """The whole raster decimated to at most ``max_side`` px a side, and the scale (preview / raster)."""
+        scale = min(1.0, max_side / max(self.height, self.width))
+        shape = (3, max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        data = self._src.read(self.bands, out_shape=shape, resampling=Resampling.average)
+        return self._to_uint8(data), scale
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> GeoTiffReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def instance_geometry(instance: SceneInstance, transform: Affine) -> Optional[dict]:
+    """GeoJSON geometry of an instance's mask: pixel-edge outline mapped by ``transform``.
+
+    A Polygon for one 4-connected part, a MultiPolygon for several; holes are
+    inner rings. None for an empty mask.
+    """
+    x0, y0, _, _ = instance.box
+    polygons = [
+        geometry["coordinates"]
+        for geometry, _ in rasterio.features.shapes(
+            instance.mask.astype(np.uint8),
+            mask=instance.mask,
+            connectivity=4,
+            transform=transform @ Affine.translation(x0, y0),
+        )
+    ]
+    if not polygons:
+        return None
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def crs_member(crs: CRS) -> dict:
+    """The GeoJSON "crs" member naming ``crs`` (an OGC URN when it has an EPSG code, else its WKT)."""
+    epsg = crs.to_epsg()
+    name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg is not None else crs.to_wkt()
+    return {"type": "name", "properties": {"name": name}}
+
+
+def instances_to_geojson(
+    instances: Sequence[SceneInstance],
+    class_names: Sequence[str],
+    *,
+    transform: Affine,
+    crs: Optional[CRS],
+    to_wgs84: bool = False,
+    image: Optional[str] = None,
+) -> Dict:
+    """A GeoJSON FeatureCollection with one Feature per instance (see the module docstring).
+
+    Args:
+        instances: detections in raster pixel coordinates.
+        class_names: the vocabulary; ``category`` indexes it.
+        transform: the raster's affine transform (pixel corners -> map coordinates).
+        crs: the raster's CRS; None writes map coordinates without a "crs" member.
+        to_wgs84: reproject to WGS84 longitude/latitude (RFC 7946) instead of keeping ``crs``.
+        image: source file name, recorded as a foreign member.
+    """
+    if to_wgs84 and crs is None:
+        raise ValueError("cannot reproject to WGS84: the raster has no CRS")
+    projected = crs is not None and crs.is_projected
+    pixel_area = abs(transform.determinant)
+    features: List[dict] = []
+    for inst in instances:
+        geometry = instance_geometry(inst, transform)
+        if geometry is None:
+            continue
+        if to_wgs84:
+            geometry = rasterio.warp.transform_geom(crs, "EPSG:4326", geometry)
+        area = inst.area
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": geometry,
+                "properties": {
+                    "class": class_names[inst.category],
+                    "category_id": inst.category + 1,
+                    "score": round(float(inst.score), 6),
+                    "area_px": area,
+                    "area_crs": area * pixel_area if projected else None,
+                },
+            }
+        )
+    collection: Dict = {"type": "FeatureCollection"}
+    if crs is not None and not to_wgs84:
+        collection["crs"] = crs_member(crs)
+    if projected:
+        collection["crs_linear_units"] = crs.linear_units
+    if image is not None:
+        collection["image"] = image
+    collection["features"] = features
+    return collection
+
+
+def write_geojson(path: str, collection: Dict) -> None:
+    """Write a FeatureCollection (UTF-8 JSON), creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(collection, f)
