@@ -1,0 +1,175 @@
+"""RemoteCLIP context encoder on the tiny ViT: dense forward of SCORE.md 10 against open_clip's own blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
+
+from score.config import get_score_cfg
+from score.modeling.context import CONTEXT_ENCODER_REGISTRY, ContextFeatures, build_context_encoder
+from score.modeling.context.remoteclip import RemoteCLIPContextEncoder, value_only_block
+from score.modeling.tiny_clip import TINY_CONVNEXT, TINY_VIT
+
+B = 2
+
+
+def make_encoder(weights: str = "", **kwargs) -> RemoteCLIPContextEncoder:
+    args = dict(
+        model_name=TINY_VIT,
+        weights=weights,
+        quick_gelu=True,
+        dtype="float32",
+        input_size=224,
+        random_init=not weights,
+    )
+    args.update(kwargs)
+    return RemoteCLIPContextEncoder(**args)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """One random tiny-ViT state dict, so that encoders built in different ways share weights."""
+    path = tmp_path_factory.mktemp("weights") / "RemoteCLIP-tiny.pt"
+    torch.save(make_encoder().clip_model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def encoder(weights_file):
+    return make_encoder(weights_file, patch_layers=[0, 1, 2])
+
+
+def _images(size=(96, 128), seed=0):
+    return torch.randn(B, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_value_only_block_against_direct_computation(encoder):
+    block = encoder.clip_model.visual.transformer.resblocks[-1]
+    x = torch.randn(B, 1 + 16 * 16, 64)
+    W = x.shape[-1]
+    y = F.layer_norm(x, (W,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+    v = y @ block.attn.in_proj_weight[2 * W :].T + block.attn.in_proj_bias[2 * W :]
+    t = v @ block.attn.out_proj.weight.T + block.attn.out_proj.bias + x[:, :1]
+    h = F.layer_norm(t, (W,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+    h = h @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias
+    h = h * torch.sigmoid(1.702 * h)
+    expected = t + h @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
+    with torch.no_grad():
+        got = value_only_block(block, x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_forward_matches_open_clip_blocks(encoder):
+    images = _images()
+    features = encoder(images)
+    visual = encoder.clip_model.visual
+    blocks = visual.transformer.resblocks
+    resized = F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        tokens = visual._embeds(resized)  # open_clip's own patch embedding, [CLS], positions, ln_pre
+        before_last, intermediates = visual.transformer.forward_intermediates(tokens, indices=[0, 1])
+        pre_last = intermediates[1]  # output of blocks 1..L-1 run by open_clip
+        out = visual.ln_post(value_only_block(blocks[-1], pre_last)) @ visual.proj
+
+    def to_map(t):
+        return (visual.ln_post(t) @ visual.proj)[:, 1:].transpose(1, 2).reshape(B, -1, 16, 16)
+
+    assert isinstance(features, ContextFeatures)
+    torch.testing.assert_close(features.global_embed, out[:, 0])
+    torch.testing.assert_close(features.dense, out[:, 1:].transpose(1, 2).reshape(B, 64, 16, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(features.patch_layers[0], to_map(intermediates[0]))
+        torch.testing.assert_close(features.patch_layers[1], to_map(pre_last))
+    torch.testing.assert_close(features.patch_layers[2], features.dense)
+    # The value-only block really differs from the usual one.
+    assert not torch.allclose(before_last, value_only_block(blocks[-1], pre_last))
+
+
+def test_shapes_dtype_and_freezing(weights_file):
+    encoder = make_encoder(weights_file, dtype="float16")
+    features = encoder(_images(size=(64, 96)))
+    assert features.global_embed.shape == (B, 64) and features.dense.shape == (B, 64, 16, 16)
+    assert features.global_embed.dtype == torch.float16 and features.dense.dtype == torch.float16
+    assert features.patch_layers == {}
+    assert encoder.clip_model.visual.proj.dtype == torch.float16
+    assert encoder.clip_model.visual.ln_post.weight.dtype == torch.float32
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert encoder.training and not any(m.training for m in encoder.clip_model.modules())
+
+
+def test_fp16_and_fp32_towers_agree(weights_file):
+    images = _images()
+    full = make_encoder(weights_file, dtype="float32")(images)
+    half = make_encoder(weights_file, dtype="float16")(images)
+    # float16 keeps about 3 significant digits; the tiny tower's outputs are O(1) (max |x| about 3)
+    # and differ by about 4e-3 at most.
+    for a, b in [(full.global_embed, half.global_embed), (full.dense, half.dense)]:
+        torch.testing.assert_close(b.float(), a, atol=1e-2, rtol=1e-2)
+        assert F.cosine_similarity(b.float().flatten(1), a.flatten(1)).min() > 0.999
+
+
+def test_output_keeps_tower_dtype_under_autocast(encoder):
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        features = encoder(_images())
+    assert features.dense.dtype == torch.float32
+
+
+def test_quick_gelu_switch(weights_file):
+    quick = make_encoder(weights_file, quick_gelu=True)
+    plain = make_encoder(weights_file, quick_gelu=False)
+    assert isinstance(quick.clip_model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert isinstance(plain.clip_model.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    images = _images()
+    assert not torch.allclose(quick(images).dense, plain(images).dense)
+
+
+def test_other_grid_resizes_positional_embedding(weights_file):
+    encoder = make_encoder(weights_file, input_size=112)
+    assert encoder.grid_size == (8, 8)
+    features = encoder(_images())
+    assert features.dense.shape == (B, 64, 8, 8)
+
+    visual = encoder.clip_model.visual
+    assert encoder._positional_embedding((16, 16)) is visual.positional_embedding
+    with torch.no_grad():  # rows of the 16 x 16 grid carry their row index
+        visual.positional_embedding[1:] = torch.arange(16.0).repeat_interleave(16)[:, None]
+    resized = encoder._positional_embedding((8, 8))
+    assert resized.shape == (1 + 8 * 8, 64)
+    grid = resized[1:, 0].view(8, 8)
+    torch.testing.assert_close(grid, grid[:, :1].expand(8, 8))  # constant along a row
+    assert (grid[1:, 0] > grid[:-1, 0]).all()  # increasing down the columns
+    torch.testing.assert_close(resized[0], visual.positional_embedding[0])
+
+
+def test_encode_text(weights_file):
+    encoder = make_encoder(weights_file, dtype="float16")
+    out = encoder.encode_text(["aerial photo of a ship.", "harbor"])
+    assert out.shape == (2, 64) and out.dtype == torch.float16
+
+
+def test_from_config_and_registry(weights_file):
+    cfg = get_score_cfg()
+    cfg.MODEL.SCORE.RSCLIP_MODEL_NAME = TINY_VIT
+    cfg.MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS = weights_file
+    cfg.MODEL.SCORE.CONTEXT_INPUT_SIZE = 112
+    cfg.MODEL.SCORE.RAI.CONTEXT_SOURCE = "patch"
+    cfg.MODEL.SCORE.RAI.PATCH_LAYER = 1
+    encoder = build_context_encoder(cfg)
+    assert CONTEXT_ENCODER_REGISTRY.get("RemoteCLIPContextEncoder") is RemoteCLIPContextEncoder
+    assert encoder.patch_layers == [1] and encoder.input_size == 112 and encoder.dtype == torch.float16
+    assert isinstance(encoder.clip_model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert list(encoder(_images()).patch_layers) == [1]
+    cfg.MODEL.SCORE.RAI.CONTEXT_SOURCE = "regional"
+    assert build_context_encoder(cfg).patch_layers == []
+
+
+def test_invalid_arguments(weights_file):
+    with pytest.raises(ValueError, match="RSCLIP_DTYPE"):
+        make_encoder(weights_file, dtype="half")
+    with pytest.raises(ValueError, match=r"Patch layers \[3\] out of range"):
+        make_encoder(weights_file, patch_layers=[3])
+    with pytest.raises(ValueError, match="not an OpenAI-layout ViT"):
+        make_encoder(model_name=TINY_CONVNEXT)
