@@ -7,5 +7,6 @@ detectron2's registries.
 
 from . import compat  # noqa: F401  (must run before detectron2.data is imported)
 from .config import add_maskformer2_config, add_score_config, get_score_cfg  # noqa: F401
+from . import data  # noqa: F401  (registers the seven dataset splits)
 
 __version__ = "0.1.0"
