@@ -1,0 +1,332 @@
+"""Training and evaluation loop of SCORE: detectron2's ``DefaultTrainer`` with the authors' recipe.
+
+What differs from detectron2's defaults (SCORE.md 8, Mask2Former's train_net):
+
+* optimizer: AdamW (or SGD) with per-parameter hyper-parameters: the lr of
+  ``backbone.*`` times SOLVER.BACKBONE_MULTIPLIER, weight decay
+  SOLVER.WEIGHT_DECAY_NORM on normalisation layers and SOLVER.WEIGHT_DECAY_EMBED
+  on embeddings; frozen parameters are left out;
+* "full_model" gradient clipping: the norm of all gradients together is
+  clipped (detectron2 only clips per parameter);
+* data: the training mapper named by INPUT.DATASET_MAPPER_NAME, detectron2's
+  resize-only mapper for testing, ``InstanceSegEvaluator`` with seen / unseen
+  flags of the test vocabulary against the training one;
+* ``test`` switches the model's vocabulary to each test dataset's classes;
+* on a machine without CUDA, AMP is turned off and the model runs on the CPU
+  (logged once) instead of failing;
+* a hook logs the model's RAI state (warm-up iteration, kernel, lambda).
+
+The learning-rate schedule (WarmupMultiStepLR), checkpointing and resuming
+are detectron2's; the RAI warm-up counter is a buffer of the model, so the
+checkpointer saves and restores it with the weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from score.data.mappers import build_test_mapper, build_train_mapper
+from score.evaluation import InstanceSegEvaluator
+
+__all__ = [
+    "NORM_MODULE_TYPES",
+    "RAISummaryHook",
+    "Trainer",
+    "adapt_cfg_to_device",
+    "build_optimizer",
+    "optimizer_param_groups",
+    "test_seen_flags",
+    "train_vocabulary",
+    "with_full_model_gradient_clipping",
+]
+
+logger = logging.getLogger(__name__)
+
+NORM_MODULE_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,  # detectron2's NaiveSyncBatchNorm and FrozenBatchNorm2d's trainable cousins
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+# Parameters that are embeddings although they are not held by an nn.Embedding
+# (Swin / ViT position tables, as in Mask2Former's optimizer).
+_EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+
+
+def optimizer_param_groups(
+    model: nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    weight_decay_embed: float,
+    backbone_multiplier: float,
+) -> list[dict[str, Any]]:
+    """Parameter groups of Mask2Former's optimizer, merged by equal hyper-parameters.
+
+    Every trainable parameter appears once (shared ones too); frozen ones
+    (requires_grad False) are left out. Mask2Former builds one group per
+    parameter; groups with equal (lr, weight_decay) are merged here, which
+    changes nothing in the update and keeps the optimizer state small.
+
+    Args:
+        model: the model; its parameters are classified by the module that owns them.
+        base_lr: learning rate of every parameter outside ``backbone``.
+        weight_decay: weight decay of every other parameter.
+        weight_decay_norm: weight decay of the parameters of ``NORM_MODULE_TYPES`` modules.
+        weight_decay_embed: weight decay of ``nn.Embedding`` weights and position tables.
+        backbone_multiplier: lr factor of the parameters of the ``backbone`` module and its children.
+
+    Returns:
+        [{"params": [...], "lr": float, "weight_decay": float}], in the order
+        the hyper-parameter pairs first appear.
+    """
+    groups: OrderedDict[tuple[float, float], list[nn.Parameter]] = OrderedDict()
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            in_backbone = module_name == "backbone" or module_name.startswith("backbone.")
+            lr = base_lr * backbone_multiplier if in_backbone else base_lr
+            if isinstance(module, NORM_MODULE_TYPES):
+                wd = weight_decay_norm
+            elif isinstance(module, nn.Embedding) or param_name in _EMBEDDING_PARAM_NAMES:
+                wd = weight_decay_embed
+            else:
+                wd = weight_decay
+            groups.setdefault((lr, wd), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+
+
+def with_full_model_gradient_clipping(
+    optimizer_type: type[torch.optim.Optimizer], clip_value: float, norm_type: float = 2.0
+) -> type[torch.optim.Optimizer]:
+    """A subclass of ``optimizer_type`` whose ``step`` first clips the norm of all gradients together.
+
+    Under AMP, detectron2's ``AMPTrainer`` steps through ``GradScaler.step``,
+    which unscales the gradients before calling this ``step``: the clipping
+    sees true gradient magnitudes.
+    """
+
+    class FullModelGradientClippingOptimizer(optimizer_type):
+        def step(self, closure=None):
+            all_params = itertools.chain(*[group["params"] for group in self.param_groups])
+            torch.nn.utils.clip_grad_norm_(all_params, clip_value, norm_type=norm_type)
+            return super().step(closure=closure)
+
+    FullModelGradientClippingOptimizer.__name__ = f"FullModelGradientClipping{optimizer_type.__name__}"
+    return FullModelGradientClippingOptimizer
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """Mask2Former's optimizer from SOLVER.* (OPTIMIZER "ADAMW" or "SGD", CLIP_GRADIENTS)."""
+    solver = cfg.SOLVER
+    param_groups = optimizer_param_groups(
+        model,
+        base_lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
+        weight_decay_embed=solver.WEIGHT_DECAY_EMBED,
+        backbone_multiplier=solver.BACKBONE_MULTIPLIER,
+    )
+    if not param_groups:
+        raise ValueError("The model has no trainable parameter: nothing to optimise")
+    optimizer_types = {"ADAMW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+    if solver.OPTIMIZER not in optimizer_types:
+        raise ValueError(
+            f"SOLVER.OPTIMIZER must be one of {sorted(optimizer_types)}, not {solver.OPTIMIZER!r}"
+        )
+    optimizer_type = optimizer_types[solver.OPTIMIZER]
+    clip = solver.CLIP_GRADIENTS
+    full_model = clip.ENABLED and clip.CLIP_TYPE == "full_model"
+    if full_model and clip.CLIP_VALUE > 0.0:
+        optimizer_type = with_full_model_gradient_clipping(optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE)
+    kwargs = {"momentum": solver.MOMENTUM} if solver.OPTIMIZER == "SGD" else {}
+    optimizer = optimizer_type(param_groups, lr=solver.BASE_LR, **kwargs)
+    if not full_model:
+        # detectron2's per-parameter "value" / "norm" clipping (a no-op when disabled).
+        optimizer = maybe_add_gradient_clipping(cfg, optimizer)
+    return optimizer
+
+
+def adapt_cfg_to_device(cfg: CfgNode) -> CfgNode:
+    """Without CUDA: MODEL.DEVICE "cpu" and SOLVER.AMP off (logged), so CUDA configs run on a CPU.
+
+    detectron2's AMPTrainer asserts CUDA at the first step; the authors'
+    configs ask for both. Returns ``cfg`` itself when nothing changes, else a
+    copy with the same frozen state.
+    """
+    if torch.cuda.is_available():
+        return cfg
+    changes = {}
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        changes["MODEL.DEVICE"] = "cpu"
+    if cfg.SOLVER.AMP.ENABLED:
+        changes["SOLVER.AMP.ENABLED"] = False
+    if not changes:
+        return cfg
+    logger.warning(
+        "CUDA is not available: running with %s", ", ".join(f"{k}={v}" for k, v in changes.items())
+    )
+    was_frozen = cfg.is_frozen()
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list([item for kv in changes.items() for item in kv])
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
+def train_vocabulary(cfg: CfgNode) -> list[str]:
+    """MODEL.SCORE.TRAIN_VOCABULARY, or the classes of DATASETS.TRAIN[0]; empty if neither is set."""
+    if len(cfg.MODEL.SCORE.TRAIN_VOCABULARY):
+        return list(cfg.MODEL.SCORE.TRAIN_VOCABULARY)
+    if len(cfg.DATASETS.TRAIN):
+        return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    return []
+
+
+def test_seen_flags(cfg: CfgNode, dataset_name: str) -> Optional[list[bool]]:
+    """Seen flag of each class of ``dataset_name`` against the training vocabulary (None without one)."""
+    from score.modeling.text_classifier import seen_flags
+
+    train_names = train_vocabulary(cfg)
+    if not train_names:
+        return None
+    return list(seen_flags(list(MetadataCatalog.get(dataset_name).thing_classes), train_names))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class RAISummaryHook(HookBase):
+    """Every ``period`` iterations, put the model's ``rai_summary()`` scalars into the EventStorage.
+
+    The scalars appear as "rai/<key>" in metrics.json and TensorBoard (keys
+    that already start with "rai/" are kept as they are). Models
+    without ``rai_summary`` (or with an empty one) log nothing.
+    """
+
+    def __init__(self, model: nn.Module, period: int = 20):
+        """
+        Args:
+            model: the trained model (DDP-wrapped or not).
+            period: iterations between two records.
+        """
+        self._model = _unwrap(model)
+        self._period = period
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period and next_iter != self.trainer.max_iter:
+            return
+        summary = getattr(self._model, "rai_summary", None)
+        if summary is None:
+            return
+        scalars = {(k if k.startswith("rai/") else f"rai/{k}"): float(v) for k, v in summary().items()}
+        if scalars:
+            self.trainer.storage.put_scalars(smoothing_hint=False, **scalars)
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with SCORE's optimizer, data, evaluation and vocabulary switching."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(adapt_cfg_to_device(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Iterable:
+        # Images without annotations are dropped by the loader when
+        # DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (the recipe's default).
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        """``InstanceSegEvaluator`` writing to ``OUTPUT_DIR/inference/<dataset_name>``."""
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type != "coco":
+            raise NotImplementedError(
+                f"No evaluator for dataset {dataset_name!r} of evaluator_type {evaluator_type!r}"
+            )
+        return InstanceSegEvaluator(
+            dataset_name,
+            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            seen_flags=test_seen_flags(cfg, dataset_name),
+            backend=cfg.TEST.COCO_EVAL_BACKEND,
+        )
+
+    @classmethod
+    def test(
+        cls,
+        cfg: CfgNode,
+        model: nn.Module,
+        evaluators: Optional[Sequence[DatasetEvaluator] | DatasetEvaluator] = None,
+    ) -> dict:
+        """detectron2's ``test`` on each DATASETS.TEST entry, with the model's vocabulary set to its classes.
+
+        The geometric-ensemble exponents are the model's, i.e. the cfg's
+        (the evaluation scripts pass the per-target values on the command line).
+
+        Returns:
+            {dataset name: {task: metrics}}, or the inner dict for one dataset (as detectron2).
+        """
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
+        train_names = train_vocabulary(cfg) or None
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            class_names = list(MetadataCatalog.get(dataset_name).thing_classes)
+            logger.info("Evaluating %s with its %d class names", dataset_name, len(class_names))
+            _unwrap(model).set_vocabulary(class_names, train_names)
+            single = cfg.clone()
+            single.defrost()
+            single.DATASETS.TEST = (dataset_name,)
+            single.freeze()
+            results[dataset_name] = super().test(
+                single, model, None if evaluators is None else [evaluators[idx]]
+            )
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    def build_hooks(self) -> list[HookBase]:
+        """detectron2's hooks plus ``RAISummaryHook``, placed before the writer so its scalars are written."""
+        ret = super().build_hooks()
+        writer_index = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
+        ret.insert(writer_index, RAISummaryHook(self.model, period=20))
+        return ret
