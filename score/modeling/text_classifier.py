@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RS_TEMPLATES", "TextClassifierBank", "normalize_class_name", "seen_flags"]
+__all__ = ["RS_TEMPLATES", "TextClassifierBank", "classifier_cache_key", "normalize_class_name", "seen_flags"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def normalize_class_name(name: str) -> List[str]:
     return [s for s in synonyms if s]
 
 
+def classifier_cache_key(model_name: str, weights_fingerprint: str) -> str:
+    """Cache-key prefix of a text tower: "" (no disk cache) when its weights are random (empty fingerprint).
+
+    ``weights_fingerprint`` comes from :func:`score.modeling.clip_weights.weights_fingerprint`.
+    """
+    return f"{model_name}|{weights_fingerprint}" if weights_fingerprint else ""
+
+
 def seen_flags(test_names: Sequence[str], train_names: Sequence[str]) -> List[bool]:
     """For each test class, whether one of its normalised synonyms is a training class's synonym."""
     train_synonyms = {s for name in train_names for s in normalize_class_name(name)}
@@ -72,16 +80,15 @@ class TextClassifierBank:
     ``get`` returns the classifier of a vocabulary from memory when it was
     computed before in this process, else from the on-disk cache when one is
     configured and holds it, else by encoding the prompts (in batches, without
-    gradient). A classifier built from random weights (empty fingerprint) is
-    never written to disk.
+    gradient). With an empty ``cache_key`` (random text weights, see
+    :func:`classifier_cache_key`) nothing is read from or written to disk.
     """
 
     def __init__(
         self,
         encode_fn: Callable[[List[str]], Tensor],
         *,
-        model_name: str,
-        weights_fingerprint: str,
+        cache_key: str,
         templates: Sequence[str] = RS_TEMPLATES,
         cache_dir: Optional[str] = None,
         batch_size: int = 256,
@@ -89,10 +96,9 @@ class TextClassifierBank:
         """
         Args:
             encode_fn: prompts -> (len(prompts), D) un-normalised text embeddings.
-            model_name: open_clip name of the text tower (part of the disk-cache key).
-            weights_fingerprint: identity of its weights
-                (:func:`score.modeling.clip_weights.weights_fingerprint`); ""
-                disables the disk cache.
+            cache_key: identity of the text tower (model name and weights
+                fingerprint, :func:`classifier_cache_key`); "" disables the
+                disk cache.
             templates: prompt templates with one "{}" each.
             cache_dir: folder of the disk cache; None or "" for none.
             batch_size: prompts per call of ``encode_fn``.
@@ -100,8 +106,7 @@ class TextClassifierBank:
         if not templates or any(t.count("{}") != 1 for t in templates):
             raise ValueError(f"Every template needs exactly one '{{}}': {list(templates)}")
         self.encode_fn = encode_fn
-        self.model_name = model_name
-        self.weights_fingerprint = weights_fingerprint
+        self.cache_key_prefix = cache_key
         self.templates = tuple(templates)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
@@ -128,11 +133,10 @@ class TextClassifierBank:
         return classifier, list(num_synonyms)
 
     def cache_key(self, vocabulary: Sequence[Sequence[str]]) -> str:
-        """sha256 of text model, weights fingerprint, templates and normalised names."""
+        """sha256 of the text tower's key (model and weights), templates and normalised names."""
         payload = json.dumps(
             {
-                "model": self.model_name,
-                "weights": self.weights_fingerprint,
+                "text_tower": self.cache_key_prefix,
                 "templates": list(self.templates),
                 "names": [list(synonyms) for synonyms in vocabulary],
             },
@@ -141,7 +145,7 @@ class TextClassifierBank:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def _cache_path(self, vocabulary: Sequence[Sequence[str]]) -> Optional[Path]:
-        if self.cache_dir is None or not self.weights_fingerprint:
+        if self.cache_dir is None or not self.cache_key_prefix:
             return None
         return self.cache_dir / f"text_classifier_{self.cache_key(vocabulary)}.pt"
 

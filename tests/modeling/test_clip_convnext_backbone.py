@@ -96,7 +96,7 @@ def test_encode_text_uses_the_clip_text_tower(backbone):
 def test_frozen_and_always_eval(backbone):
     assert not any(p.requires_grad for p in backbone.parameters())
     backbone.train()
-    assert backbone.training and not backbone.clip_model.training
+    assert not backbone.training and not backbone.clip_model.training
     assert not any(m.training for m in backbone.clip_model.modules())
     backbone.eval()
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score.modeling.text_classifier import RS_TEMPLATES, TextClassifierBank, normalize_class_name, seen_flags
+from score.modeling.text_classifier import (
+    RS_TEMPLATES,
+    TextClassifierBank,
+    classifier_cache_key,
+    normalize_class_name,
+    seen_flags,
+)
 
 ISAID = [
     "ship", "storage_tank", "baseball_diamond", "tennis_court", "basketball_court", "Ground_Track_Field",
@@ -39,7 +45,7 @@ class FakeEncoder:
 
 
 def make_bank(encoder=None, **kwargs) -> TextClassifierBank:
-    kwargs = {"model_name": "m", "weights_fingerprint": "w", **kwargs}
+    kwargs = {"cache_key": classifier_cache_key("m", "w"), **kwargs}
     return TextClassifierBank(encoder or FakeEncoder(), **kwargs)
 
 
@@ -69,7 +75,7 @@ def test_templates_are_the_18_of_the_spec_in_order():
 
 def test_classifier_equation_against_direct_computation():
     encoder = FakeEncoder(dtype=torch.float16)
-    bank = TextClassifierBank(encoder, model_name="m", weights_fingerprint="w", batch_size=7)
+    bank = make_bank(encoder, batch_size=7)
     classifier, num_synonyms = bank.get(["Storage_Tank", "plane, airplane", "harbor"])
     assert num_synonyms == [1, 2, 1]
     assert classifier.shape == (4, D) and classifier.dtype == torch.float32
@@ -85,7 +91,7 @@ def test_classifier_equation_against_direct_computation():
 
 def test_memory_cache_per_vocabulary():
     encoder = FakeEncoder()
-    bank = TextClassifierBank(encoder, model_name="m", weights_fingerprint="")
+    bank = make_bank(encoder)
     first, _ = bank.get(NWPU)
     calls = encoder.calls
     again, _ = bank.get(NWPU)
@@ -113,7 +119,8 @@ def test_disk_cache_reused_across_instances(tmp_path):
 
 
 def test_no_disk_cache_for_random_weights(tmp_path):
-    bank = TextClassifierBank(FakeEncoder(), model_name="m", weights_fingerprint="", cache_dir=str(tmp_path))
+    assert classifier_cache_key("m", "") == ""
+    bank = make_bank(cache_key=classifier_cache_key("m", ""), cache_dir=str(tmp_path))
     bank.get(NWPU)
     assert list(tmp_path.iterdir()) == []
 
@@ -123,8 +130,8 @@ def test_cache_key_depends_on_templates_model_and_weights(tmp_path):
     keys = {
         make_bank().cache_key(vocabulary),
         make_bank(templates=["a photo of {}."]).cache_key(vocabulary),
-        make_bank(model_name="m2").cache_key(vocabulary),
-        make_bank(weights_fingerprint="w2").cache_key(vocabulary),
+        make_bank(cache_key=classifier_cache_key("m2", "w")).cache_key(vocabulary),
+        make_bank(cache_key=classifier_cache_key("m", "w2")).cache_key(vocabulary),
         make_bank().cache_key(vocabulary[:-1]),
     }
     assert len(keys) == 5
@@ -149,6 +156,6 @@ def test_damaged_cache_file_is_recomputed(tmp_path, caplog):
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="exactly one"):
-        TextClassifierBank(FakeEncoder(), model_name="m", weights_fingerprint="", templates=["no slot"])
+        make_bank(templates=["no slot"])
     with pytest.raises(ValueError, match="without any synonym"):
-        TextClassifierBank(FakeEncoder(), model_name="m", weights_fingerprint="").get(["ship", " , "])
+        make_bank().get(["ship", " , "])

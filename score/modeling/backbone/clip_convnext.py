@@ -86,6 +86,7 @@ class CLIPConvNeXtBackbone(Backbone):
         self._out_feature_channels["clip_vis_dense"] = self._out_feature_channels["res5"]
         self._out_feature_strides["clip_vis_dense"] = self._out_feature_strides["res5"]
         self._out_features: List[str] = [*_STAGE_NAMES, "clip_vis_dense"]
+        self.eval()
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -97,10 +98,9 @@ class CLIPConvNeXtBackbone(Backbone):
         }
 
     def train(self, mode: bool = True) -> CLIPConvNeXtBackbone:
-        # The tower is frozen: its norms and drop-path stay in eval mode whatever the model's mode.
-        super().train(mode)
-        self.clip_model.eval()
-        return self
+        # Frozen module with no trainable part: it stays in eval mode (norms, drop-path,
+        # dropout) whatever mode the model is put in.
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Dict[str, Tensor]:

@@ -115,6 +115,7 @@ class RemoteCLIPContextEncoder(nn.Module):
         self.patch_layers = sorted(set(patch_layers))
         self.dtype = getattr(torch, dtype)
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.eval()
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -130,10 +131,9 @@ class RemoteCLIPContextEncoder(nn.Module):
         }
 
     def train(self, mode: bool = True) -> RemoteCLIPContextEncoder:
-        # Frozen tower: always in eval mode, whatever the model's mode.
-        super().train(mode)
-        self.clip_model.eval()
-        return self
+        # Frozen module with no trainable part: it stays in eval mode (norms, drop-path,
+        # dropout) whatever mode the model is put in.
+        return super().train(False)
 
     @property
     def embed_dim(self) -> int:
