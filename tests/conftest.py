@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import score  # noqa: F401  (patches detectron2 v0.6 before any test imports it)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny" / "score_tiny_isaid.yaml"
 NWPU_SAMPLE = REPO.parent / "shared" / "data" / "nwpu_vhr10_sample"
