@@ -148,6 +148,13 @@ def create_clip_model(
         )
         with _quiet_open_clip_no_weights_notice():
             model = open_clip.create_model(model_name, **create_kwargs)
+    elif not weights:
+        setting = config_key or "the weights reference"
+        raise WeightsNotFoundError(
+            f"No weights given for open_clip model {model_name!r}: set {setting} to an open_clip tag "
+            f"({open_clip.list_pretrained_tags_by_model(model_name) or 'none for this model'}), a local file "
+            "or 'hf-hub:ORG/REPO/FILE' (random weights only with MODEL.SCORE.RANDOM_INIT_CLIP)."
+        )
     elif weights in open_clip.list_pretrained_tags_by_model(model_name):
         checkpoint = _fetch_tag(model_name, weights, config_key)
         model = open_clip.create_model(model_name, pretrained=checkpoint, **create_kwargs)

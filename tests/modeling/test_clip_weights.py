@@ -130,6 +130,11 @@ def test_missing_file_names_every_place_tried_and_how_to_get_it(tmp_path, monkey
     assert "MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS" in message
 
 
+def test_empty_reference_is_an_error_not_random_weights():
+    with pytest.raises(WeightsNotFoundError, match="No weights given.*MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS"):
+        create_clip_model(TINY_VIT, "", config_key="MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS")
+
+
 def test_hub_reference_offline_names_repo_and_file(offline_hub):
     with pytest.raises(WeightsNotFoundError) as info:
         create_clip_model(
