@@ -6,7 +6,8 @@ detectron2's registries.
 """
 
 from . import compat  # noqa: F401  (must run before detectron2.data is imported)
+from . import data, modeling  # noqa: F401  (register the dataset splits and the model parts)
 from .config import add_maskformer2_config, add_score_config, get_score_cfg  # noqa: F401
-from . import data  # noqa: F401  (registers the seven dataset splits)
+from .meta_arch import SCORE  # noqa: F401
 
 __version__ = "0.1.0"

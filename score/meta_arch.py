@@ -33,7 +33,7 @@ from .modeling.head import SCOREHead
 from .modeling.matcher import HungarianMatcher
 from .modeling.open_vocab import classification_logits, geometric_ensemble, mask_pool
 from .modeling.postprocessing import instance_inference
-from .modeling.text_classifier import TextClassifierBank, seen_flags
+from .modeling.text_classifier import TextClassifierBank, classifier_cache_key, seen_flags
 
 __all__ = ["SCORE"]
 
@@ -162,10 +162,9 @@ class SCORE(nn.Module):
         cache_dir = score_cfg.TEXT_CLASSIFIER_CACHE_DIR or None
         text_classifiers = TextClassifierBank(
             backbone.encode_text,
-            cache_key=(
-                score_cfg.CLIP_MODEL_NAME
-                + ":"
-                + weights_fingerprint(score_cfg.CLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP)
+            cache_key=classifier_cache_key(
+                score_cfg.CLIP_MODEL_NAME,
+                weights_fingerprint(score_cfg.CLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP),
             ),
             cache_dir=cache_dir,
         )
@@ -173,10 +172,9 @@ class SCORE(nn.Module):
         if context_encoder is not None and score_cfg.OUT_VOCAB_SOURCE == "rsclip":
             context_text_classifiers = TextClassifierBank(
                 context_encoder.encode_text,
-                cache_key=(
-                    score_cfg.RSCLIP_MODEL_NAME
-                    + ":"
-                    + weights_fingerprint(score_cfg.RSCLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP)
+                cache_key=classifier_cache_key(
+                    score_cfg.RSCLIP_MODEL_NAME,
+                    weights_fingerprint(score_cfg.RSCLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP),
                 ),
                 cache_dir=cache_dir,
             )
