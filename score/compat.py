@@ -64,6 +64,19 @@ class _MissingExtension(types.ModuleType):
         self.__file__ = None
         self._reason = reason
 
+    # detectron2.utils.collect_env (run by default_setup) reports these three.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return "none (detectron2 built without its C++ extension)"
+
+    @staticmethod
+    def get_cuda_version() -> str:
+        return "none (detectron2 built without its C++ extension)"
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
+
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
