@@ -1,0 +1,293 @@
+"""Predict with a trained SCORE model on your own images and with your own class names.
+
+:class:`SCOREPredictor` is detectron2's ``DefaultPredictor`` for SCORE: it
+builds the model from a config, loads ``MODEL.WEIGHTS``, applies the test
+resize (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``) and returns
+the instances of one image at its original size. Unlike ``DefaultPredictor``
+it takes **RGB** arrays by default (what PIL, rasterio and the model use);
+pass ``input_format="BGR"`` for arrays from ``cv2.imread``. The vocabulary
+can be changed at any time: only the text classifier depends on it, so the
+model is kept and the classifier of a new vocabulary is computed once (or
+read from the on-disk cache, see :func:`default_cache_dir`).
+
+:func:`parse_vocabulary` reads class names the way the command line
+(``tools/predict.py``) takes them: ``--vocab "ship,storage tank"`` (commas
+separate classes) or a file with one class per line, where a line may list
+synonyms separated by commas (``ship,boat``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import Visualizer
+from torch import nn
+
+from .checkpoint import SCORECheckpointer
+from .modeling.text_classifier import normalize_class_name
+from .tiling import SceneInstance
+
+__all__ = [
+    "SCOREPredictor",
+    "check_weights",
+    "coco_annotations",
+    "default_cache_dir",
+    "display_name",
+    "draw_instances",
+    "parse_vocabulary",
+]
+
+logger = logging.getLogger(__name__)
+
+# Environment variable naming the root of SCORE's caches (default ~/.cache/score).
+CACHE_ENV = "SCORE_CACHE_DIR"
+_INPUT_FORMATS = ("RGB", "BGR")
+# Checkpoint references that are not local paths (fetched by detectron2's path manager).
+_REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "s3://", "gs://", "manifold://")
+
+
+def default_cache_dir() -> str:
+    """Folder of the on-disk text-classifier cache when MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR is empty.
+
+    ``$SCORE_CACHE_DIR/text_classifiers`` when the variable is set, else
+    ``~/.cache/score/text_classifiers``.
+    """
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "score")
+    return os.path.join(root, "text_classifiers")
+
+
+def parse_vocabulary(text: Optional[str] = None, file: Optional[str] = None) -> List[str]:
+    """Class names from a command-line string or a file (exactly one of them).
+
+    Args:
+        text: classes separated by commas: ``"ship,storage tank,harbor"``.
+        file: UTF-8 text, one class per line; a line may list synonyms
+            separated by commas (``ship,boat`` is one class). Blank lines and
+            lines starting with ``#`` are skipped.
+
+    Returns:
+        One entry per class (synonyms still joined by commas, as
+        ``SCORE.set_vocabulary`` takes them), surrounding spaces removed.
+
+    Raises:
+        ValueError: both or neither given, no class at all, or a class given twice.
+    """
+    if (text is None) == (file is None):
+        raise ValueError("give the vocabulary either as text or as a file, not both or neither")
+    if text is not None:
+        names = [name.strip() for name in text.split(",")]
+        source = f"--vocab {text!r}"
+    else:
+        with open(file, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        names = [
+            ", ".join(s.strip() for s in line.split(",") if s.strip()) for line in lines if line[:1] != "#"
+        ]
+        source = f"vocabulary file {file}"
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"the vocabulary is empty ({source}): give at least one class name")
+    unusable = [name for name in names if not normalize_class_name(name)]
+    if unusable:
+        raise ValueError(f"class names without any letter or digit in {source}: {unusable}")
+    first_seen = {}
+    duplicates = []
+    for name in names:
+        key = tuple(normalize_class_name(name))
+        if key in first_seen:
+            duplicates.append((first_seen[key], name))
+        first_seen.setdefault(key, name)
+    if duplicates:
+        raise ValueError(f"classes given more than once in {source}: {duplicates}")
+    return names
+
+
+def display_name(class_name: str) -> str:
+    """The first synonym of a vocabulary entry, as written (``"ship, boat"`` -> ``"ship"``)."""
+    return class_name.split(",")[0].strip()
+
+
+def check_weights(weights: str) -> None:
+    """Fail early, naming the place looked at, when MODEL.WEIGHTS is a local path that does not exist.
+
+    An empty value is allowed (the model keeps the weights it was built with,
+    e.g. the tiny test model) but logged as a warning.
+    """
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: the model keeps the weights it was built with (untrained)")
+        return
+    if weights.startswith(_REMOTE_PREFIXES):
+        return
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS: no checkpoint file at {path.resolve()} (from {weights!r}); "
+            "set it with --opts MODEL.WEIGHTS /path/to/model_final.pth"
+        )
+
+
+class SCOREPredictor:
+    """One image (H, W, 3) uint8 -> ``Instances`` at the image's size, with a changeable vocabulary.
+
+    Build it from a config (``SCOREPredictor(cfg)``) or from a model
+    (``SCOREPredictor(model=..., min_size_test=..., max_size_test=...)``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        min_size_test: int,
+        max_size_test: int,
+        input_format: str = "RGB",
+        model_format: str = "RGB",
+    ):
+        """
+        Args:
+            model: a SCORE model (``set_vocabulary``, detectron2 inputs and outputs);
+                it is put in eval mode.
+            min_size_test, max_size_test: the test resize (INPUT.MIN_SIZE_TEST,
+                INPUT.MAX_SIZE_TEST), px.
+            input_format: channel order of the arrays given to ``__call__``, "RGB" or "BGR".
+            model_format: channel order the model expects (INPUT.FORMAT).
+        """
+        for name, value in (("input_format", input_format), ("model_format", model_format)):
+            if value not in _INPUT_FORMATS:
+                raise ValueError(f"{name} must be one of {_INPUT_FORMATS}, not {value!r}")
+        self.model = model.eval()
+        self.aug = T.ResizeShortestEdge([min_size_test, min_size_test], max_size_test)
+        self.input_format = input_format
+        self.model_format = model_format
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_format: str = "RGB"):
+        cfg = cfg.clone()
+        check_weights(cfg.MODEL.WEIGHTS)
+        if not cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR:
+            cfg.defrost()
+            cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = default_cache_dir()
+        model = build_model(cfg)
+        SCORECheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        return {
+            "model": model,
+            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+            "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+            "input_format": input_format,
+            "model_format": cfg.INPUT.FORMAT,
+        }
+
+    @property
+    def class_names(self) -> List[str]:
+        """The current vocabulary (``pred_classes`` index it)."""
+        return list(self.model.test_class_names)
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Use ``class_names`` from now on; the model is kept, only its text classifier changes."""
+        names = [name.strip() for name in class_names if name.strip()]
+        if not names:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        if names != self.model.test_class_names:
+            self.model.set_vocabulary(names)
+            logger.info("Vocabulary of %d classes: %s", len(names), names)
+
+    def __call__(self, image: np.ndarray, vocabulary: Optional[Sequence[str]] = None) -> Instances:
+        """Instances of one image.
+
+        Args:
+            image: (H, W, 3) uint8 in ``input_format`` (RGB by default).
+            vocabulary: if given, becomes the current vocabulary (as ``set_vocabulary``).
+
+        Returns:
+            ``Instances`` of size (H, W) on the CPU: ``pred_masks`` bool (R, H, W),
+            ``pred_boxes``, ``scores``, ``pred_classes`` (indices into ``class_names``).
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"expected an (H, W, 3) uint8 array, got {shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got {image.dtype}")
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        if self.input_format != self.model_format:
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        with torch.inference_mode():
+            output = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        return output["instances"].to("cpu")
+
+
+def coco_annotations(
+    instances: Sequence[SceneInstance], image_id: str, height: int, width: int, first_id: int = 1
+) -> List[dict]:
+    """COCO results of one image: RLE mask, [x, y, w, h] box, score, 1-based ``category_id``.
+
+    Entries also carry ``id``, ``area`` and ``iscrowd`` so that a file with
+    ``images``, ``categories`` and these as ``annotations`` loads with
+    ``pycocotools.coco.COCO`` as well as with ``COCO.loadRes``.
+    """
+    return [
+        {
+            "id": first_id + i,
+            "image_id": image_id,
+            "category_id": inst.category + 1,
+            "segmentation": inst.to_coco_rle(height, width),
+            "bbox": inst.bbox_xywh(),
+            "area": inst.area,
+            "score": round(float(inst.score), 6),
+            "iscrowd": 0,
+        }
+        for i, inst in enumerate(instances)
+    ]
+
+
+def _outline(inst: SceneInstance, scale: float) -> List[np.ndarray]:
+    """Outer contours of the cropped mask as flat [x, y, ...] arrays in (scaled) image coordinates."""
+    contours, _ = cv2.findContours(inst.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    x0, y0 = inst.box[:2]
+    polygons = []
+    for contour in contours:
+        # Contours run through pixel centres; + 0.5 puts them on the pixels' footprint before scaling.
+        points = (contour.reshape(-1, 2).astype(np.float64) + (x0 + 0.5, y0 + 0.5)) * scale
+        if len(points) >= 3:
+            polygons.append(points.reshape(-1))
+    return polygons
+
+
+def draw_instances(
+    image: np.ndarray, instances: Sequence[SceneInstance], class_names: Sequence[str], scale: float = 1.0
+) -> np.ndarray:
+    """Overlay of the instances on ``image`` (RGB) with detectron2's Visualizer; returns RGB.
+
+    ``image`` may be a downscaled view of the scene (``scale`` = view / scene),
+    so that a 10^4 px scene is drawn from polygons and boxes, never from
+    full-size masks. Colours are per class; labels are "name score%".
+    """
+    names = [display_name(name) for name in class_names]
+    visualizer = Visualizer(image, Metadata(thing_classes=names), scale=1.0)
+    if not instances:
+        return visualizer.get_output().get_image()
+    palette = colormap(rgb=True, maximum=1)
+    polygons = [_outline(inst, scale) for inst in instances]
+    keep = [i for i, p in enumerate(polygons) if p]
+    visualized = visualizer.overlay_instances(
+        masks=[polygons[i] for i in keep],
+        boxes=np.array([instances[i].box for i in keep], dtype=np.float64) * scale,
+        labels=[f"{names[instances[i].category]} {instances[i].score * 100:.0f}%" for i in keep],
+        assigned_colors=[palette[instances[i].category % len(palette)] for i in keep],
+    )
+    return visualized.get_image()
