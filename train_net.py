@@ -18,12 +18,12 @@ from typing import Any
 import score  # noqa: F401  (detectron2 compatibility shims first, then every registration)
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from score.checkpoint import SCORECheckpointer
 from score.config import get_score_cfg
 from score.engine import Trainer, adapt_cfg_to_device
 
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SCORECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

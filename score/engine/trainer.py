@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from typing import Any, Iterable, Optional, Sequence
 
@@ -38,6 +39,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from score.checkpoint import SCORECheckpointer
 from score.data.mappers import build_test_mapper, build_train_mapper
 from score.evaluation import InstanceSegEvaluator
 
@@ -325,7 +327,15 @@ class Trainer(DefaultTrainer):
         return results
 
     def build_hooks(self) -> list[HookBase]:
-        """detectron2's hooks plus ``RAISummaryHook``, placed before the writer so its scalars are written."""
+        """detectron2's hooks plus ``RAISummaryHook``, placed before the writer so its scalars are written.
+
+        DefaultTrainer's constructor makes a plain DetectionCheckpointer just
+        before it builds the hooks; it is swapped here for one that also reads
+        the authors' checkpoints, so that MODEL.WEIGHTS and --resume accept them.
+        """
+        self.checkpointer = SCORECheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         ret = super().build_hooks()
         writer_index = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
         ret.insert(writer_index, RAISummaryHook(self.model, period=20))
