@@ -1,0 +1,158 @@
+"""tools/predict.py end to end on the tiny model (random weights): pictures, a GeoTIFF, errors."""
+
+import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
+import importlib.util
+import json
+import logging
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from tests.conftest import REPO, TINY_CONFIG
+
+# Small test size and tiles: every forward of the tiny model stays short.
+FAST_OPTS = ["--opts", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def predict_tool():
+    return load_tool("predict")
+
+
+@pytest.fixture
+def messages():
+    """Records of the tool's logger (detectron2's setup_logger stops propagation, so caplog may miss them)."""
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    handler = Collect()
+    tool_logger = logging.getLogger("score.predict")
+    tool_logger.addHandler(handler)
+    old_level = tool_logger.level
+    tool_logger.setLevel(logging.INFO)
+    yield handler.records
+    tool_logger.removeHandler(handler)
+    tool_logger.setLevel(old_level)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8)).save(folder / "gray.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    load_tool("make_geotiff_scene").make_scene(str(folder / "scene.tif"), 1500, seed=1)
+    return folder
+
+
+def test_pictures_and_geotiff_with_one_unreadable_file(predict_tool, inputs, tmp_path, messages):
+    out = tmp_path / "out"
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs), "--output", str(out)]
+    argv += ["--vocab", "ship,storage tank,building", "--confidence-threshold", "0"]
+    argv += ["--tile-size", "750", "--tile-overlap", "100", *FAST_OPTS]
+    assert predict_tool.main(argv) == 1  # broken.jpg could not be read; the others were processed
+
+    assert any("broken.jpg" in m and "cannot read image" in m for m in messages)
+    results = json.loads((out / "predictions.json").read_text())
+    assert [c["name"] for c in results["categories"]] == ["ship", "storage tank", "building"]
+    assert [c["id"] for c in results["categories"]] == [1, 2, 3]
+    sizes = {image["id"]: (image["height"], image["width"]) for image in results["images"]}
+    assert sizes == {"a.png": (90, 120), "gray.jpg": (70, 50), "scene.tif": (1500, 1500)}
+    annotations = results["annotations"]
+    assert {a["image_id"] for a in annotations} == set(sizes)
+    assert len({a["id"] for a in annotations}) == len(annotations)
+    for a in annotations:
+        assert 1 <= a["category_id"] <= 3 and 0.0 <= a["score"] <= 1.0
+        assert list(mask_util.decode(a["segmentation"]).shape) == list(sizes[a["image_id"]])
+        assert mask_util.area(a["segmentation"]) == a["area"] > 0
+    assert sorted(p.name for p in (out / "visualizations").iterdir()) == ["a.jpg", "gray.jpg", "scene.jpg"]
+    assert any("scene.tif" in m and "tiled" in m for m in messages)
+
+    collection = json.loads((out / "geojson" / "scene.geojson").read_text())
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    scene_annotations = [a for a in annotations if a["image_id"] == "scene.tif"]
+    assert len(collection["features"]) == len(scene_annotations)
+    with rasterio.open(inputs / "scene.tif") as src:
+        left, bottom, right, top = src.bounds
+    for feature in collection["features"]:
+        polygons = feature["geometry"]["coordinates"]
+        if feature["geometry"]["type"] == "Polygon":
+            polygons = [polygons]
+        points = np.array([p for polygon in polygons for ring in polygon for p in ring])
+        assert (points[:, 0] >= left).all() and (points[:, 0] <= right).all()
+        assert (points[:, 1] >= bottom).all() and (points[:, 1] <= top).all()
+        assert feature["properties"]["area_crs"] == pytest.approx(feature["properties"]["area_px"] * 0.25)
+
+
+def test_vocabulary_file_glob_and_no_tiling(predict_tool, inputs, tmp_path):
+    vocab = tmp_path / "classes.txt"
+    vocab.write_text("ship,boat\nharbor\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs / "*.png"), "--output", str(out)]
+    argv += ["--vocab-file", str(vocab), "--confidence-threshold", "0", "--tiling", "never", "--no-vis"]
+    assert predict_tool.main(argv + FAST_OPTS) == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert results["categories"][0] == {"id": 1, "name": "ship", "synonyms": ["ship", "boat"]}
+    assert [image["id"] for image in results["images"]] == ["a.png"]
+    assert not (out / "visualizations").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--vocab", " , "], "vocabulary is empty"),
+        (
+            ["--vocab", "ship", "--opts", "MODEL.WEIGHTS", "/no/such/model_final.pth"],
+            "/no/such/model_final.pth",
+        ),
+        (["--vocab", "ship", "--tile-size", "64", "--tile-overlap", "64"], "--tile-overlap"),
+    ],
+)
+def test_usage_errors(predict_tool, inputs, tmp_path, messages, extra, message):
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs / "a.png"), "--output", str(tmp_path)]
+    assert predict_tool.main(argv + extra) == 2
+    assert any(message in m for m in messages), messages
+
+
+def test_missing_input_is_named(predict_tool, tmp_path, messages):
+    argv = [
+        "--config-file",
+        str(TINY_CONFIG),
+        "--input",
+        str(tmp_path / "none*.png"),
+        "--output",
+        str(tmp_path),
+    ]
+    assert predict_tool.main(argv + ["--vocab", "ship"]) == 2
+    assert any("none*.png" in m for m in messages)
+
+
+def test_image_ids_disambiguate_equal_names(predict_tool, tmp_path):
+    paths = [str(tmp_path / "x" / "a.png"), str(tmp_path / "y" / "a.png"), str(tmp_path / "y" / "b.png")]
+    assert predict_tool.image_ids(paths) == ["x/a.png", "y/a.png", "y/b.png"]
+    assert predict_tool.image_ids(paths[1:]) == ["a.png", "b.png"]
+    assert predict_tool.output_stem("x/a.png") == "x__a"
+
+
+def test_tiling_rule(predict_tool):
+    # Test resize of the full model: shortest edge 512, longest at most 800.
+    assert not predict_tool.needs_tiling(800, 1000, 512, 800)
+    assert predict_tool.needs_tiling(1100, 1100, 512, 800)
+    assert predict_tool.needs_tiling(600, 2000, 512, 800)

@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Predict with a trained SCORE model on your own pictures and scenes, with your own class names.
+
+    python tools/predict.py --config-file configs/score_isaid_instance.yaml \\
+        --input photos/ scene.tif "more/*.png" --output out/ \\
+        --vocab "ship,storage tank,harbor" --opts MODEL.WEIGHTS model_final.pth
+
+Writes, under --output:
+  predictions.json          COCO detections of the run: "images", "categories"
+                            (1-based ids, the vocabulary), "annotations" (RLE
+                            mask, [x, y, w, h] box, score, category_id)
+  visualizations/<id>.jpg   the instances drawn on each image (large scenes downscaled)
+  geojson/<id>.geojson      one Feature per instance, for georeferenced (Geo)TIFFs
+
+Images larger than the model's test size (the test resize would shrink them
+more than 2x) go through tiled inference (--tiling auto; see docs/PREDICT.md).
+An image that cannot be read is reported with its file name and skipped; the
+others are still processed and the exit status is 1 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import resource
+import sys
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
+
+import score  # noqa: F401, I001  (first: its shims let detectron2 import)
+from score.config import get_score_cfg
+from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, write_geojson
+from score.predictor import SCOREPredictor, coco_annotations, display_name, draw_instances, parse_vocabulary
+from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tiled_inference
+
+logger = logging.getLogger("score.predict")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp") + GEO_SUFFIXES
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="SCORE config (yaml)")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders (their images) or glob patterns"
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab", help='class names separated by commas: "ship,storage tank,harbor"')
+    vocab.add_argument(
+        "--vocab-file", metavar="FILE", help="one class per line; synonyms of a class separated by commas"
+    )
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score kept")
+    parser.add_argument(
+        "--tiling",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="sliding-window inference: auto = when the test resize would shrink the image more than 2x",
+    )
+    parser.add_argument("--tile-size", type=int, help="tile side in px (default INPUT.MIN_SIZE_TEST)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of tiles in px (default tile/4)")
+    parser.add_argument(
+        "--merge-threshold", type=float, default=0.5, help="overlap/contact ratio joining pieces across tiles"
+    )
+    parser.add_argument("--bands", type=int, nargs=3, metavar="B", help="GeoTIFF bands read as R G B")
+    parser.add_argument(
+        "--scaling", choices=["percentile", "dtype"], default="percentile", help="non-uint8 GeoTIFF to 8 bit"
+    )
+    parser.add_argument(
+        "--geojson-crs",
+        choices=["raster", "wgs84"],
+        default="raster",
+        help="GeoJSON coordinates in the raster's CRS (with a 'crs' member) or WGS84 (RFC 7946)",
+    )
+    parser.add_argument("--vis-max-size", type=int, default=4096, help="longest side of the overlay pictures")
+    parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last option)"
+    )
+    return parser
+
+
+def find_images(patterns: List[str]) -> List[str]:
+    """Files named, images of named folders (sorted, not recursive), matches of glob patterns."""
+    found: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            names = sorted(os.listdir(pattern))
+            found += [os.path.join(pattern, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+        elif os.path.exists(pattern):
+            found.append(pattern)
+        else:
+            matches = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not matches:
+                raise FileNotFoundError(
+                    f"--input {pattern!r}: no such file or folder, and no file matches it"
+                )
+            found += [m for m in matches if os.path.isfile(m)]
+    unique = list(dict.fromkeys(os.path.normpath(p) for p in found))
+    if not unique:
+        raise FileNotFoundError(f"--input {patterns}: no image found")
+    return unique
+
+
+def image_ids(paths: List[str]) -> List[str]:
+    """File names, or paths relative to the common folder when two files share a name."""
+    names = [os.path.basename(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    root = os.path.commonpath([os.path.abspath(p) for p in paths])
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
+def open_scene(path: str, args: argparse.Namespace):
+    """A reader of the image: GeoTiffReader for (Geo)TIFFs, ArrayReader (whole image in memory) otherwise."""
+    if path.lower().endswith(GEO_SUFFIXES):
+        return GeoTiffReader(path, bands=args.bands, scaling=args.scaling)
+    try:
+        return ArrayReader(read_image(path, format="RGB"))
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read image {path}: {error}") from error
+
+
+def preview(reader, max_side: int) -> Tuple[np.ndarray, float]:
+    """The scene downscaled to at most ``max_side`` px a side, and the scale."""
+    if hasattr(reader, "read_preview"):
+        return reader.read_preview(max_side)
+    image = reader.image
+    scale = min(1.0, max_side / max(reader.height, reader.width))
+    if scale < 1.0:
+        size = (max(1, round(reader.width * scale)), max(1, round(reader.height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image, scale
+
+
+def needs_tiling(height: int, width: int, min_size: int, max_size: int) -> bool:
+    """Whether the test resize (shortest edge to ``min_size``, longest at most ``max_size``) shrinks > 2x."""
+    return min(min_size / min(height, width), max_size / max(height, width)) < 0.5
+
+
+def predict_scene(predictor: SCOREPredictor, reader, args, cfg) -> Tuple[List[SceneInstance], bool]:
+    """Instances of one scene (tiled or whole) above the confidence threshold, and whether it was tiled."""
+    tiled = args.tiling == "always" or (
+        args.tiling == "auto"
+        and needs_tiling(reader.height, reader.width, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    )
+    if not tiled:
+        window = (0, 0, reader.width, reader.height)
+        return instances_to_scene(predictor(reader.read(window)), window, args.confidence_threshold), False
+    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
+    overlap = tile_size // 4 if args.tile_overlap is None else args.tile_overlap
+    instances = tiled_inference(
+        predictor,
+        reader,
+        tile_size=tile_size,
+        overlap=overlap,
+        score_threshold=args.confidence_threshold,
+        match_threshold=args.merge_threshold,
+        progress=True,
+    )
+    return instances, True
+
+
+def output_stem(image_id: str) -> str:
+    return os.path.splitext(image_id)[0].replace(os.sep, "__")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_image(
+    predictor: SCOREPredictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg
+) -> List[SceneInstance]:
+    """Predict on one opened scene and write its overlay and GeoJSON; the instances (for the COCO file)."""
+    instances, tiled = predict_scene(predictor, reader, args, cfg)
+    class_names = predictor.class_names
+    stem = output_stem(image_id)
+    if not args.no_vis:
+        view, scale = preview(reader, args.vis_max_size)
+        overlay = draw_instances(view, instances, class_names, scale)
+        os.makedirs(os.path.join(args.output, "visualizations"), exist_ok=True)
+        cv2.imwrite(os.path.join(args.output, "visualizations", stem + ".jpg"), overlay[:, :, ::-1])
+    if isinstance(reader, GeoTiffReader) and reader.georeferenced:
+        collection = instances_to_geojson(
+            instances,
+            [display_name(n) for n in class_names],
+            transform=reader.transform,
+            crs=reader.crs,
+            to_wgs84=args.geojson_crs == "wgs84",
+            image=path,
+        )
+        write_geojson(os.path.join(args.output, "geojson", stem + ".geojson"), collection)
+    message = "%s: %d x %d px, %d instances"
+    values = [image_id, reader.width, reader.height, len(instances)]
+    if tiled:
+        # What a (R, H, W) float32 mask stack of the whole scene, as one forward would return, would take.
+        message += "; tiled, peak resident memory %.0f MiB (a full-scene float32 mask stack: %.0f MiB)"
+        values += [peak_rss_mib(), len(instances) * reader.height * reader.width * 4 / 2**20]
+    logger.info(message, *values)
+    return instances
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+    if args.tile_size is not None and args.tile_size <= 0:
+        raise ValueError(f"--tile-size must be positive, got {args.tile_size}")
+    if args.tile_overlap is not None and not 0 <= args.tile_overlap < (args.tile_size or 2**31):
+        raise ValueError(f"--tile-overlap must be in [0, tile size), got {args.tile_overlap}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; 0 on success, 1 when some images could not be read, 2 on a usage error."""
+    args = get_parser().parse_args(argv)
+    try:
+        check_args(args)
+        cfg = get_score_cfg()
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        cfg.freeze()
+        given = args.vocab is not None or args.vocab_file is not None
+        vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None
+        paths = find_images(args.input)
+        predictor = SCOREPredictor(cfg)
+    except (ValueError, OSError) as error:
+        logger.error("%s", error)
+        return 2
+    if vocabulary is not None:
+        predictor.set_vocabulary(vocabulary)
+    else:
+        logger.info("No --vocab or --vocab-file: using the config's test vocabulary")
+    class_names = predictor.class_names
+    logger.info(
+        "%d image(s); vocabulary of %d classes: %s; peak resident memory after loading the model %.0f MiB",
+        len(paths),
+        len(class_names),
+        class_names,
+        peak_rss_mib(),
+    )
+
+    os.makedirs(args.output, exist_ok=True)
+    images, annotations, failed = [], [], []
+    for path, image_id in tqdm(list(zip(paths, image_ids(paths))), desc="images", unit="image"):
+        try:
+            reader = open_scene(path, args)
+        except (OSError, ValueError) as error:
+            logger.error("%s", error)
+            failed.append(path)
+            continue
+        try:
+            instances = process_image(predictor, reader, path, image_id, args, cfg)
+        except OSError as error:  # a damaged block of a large raster
+            logger.error("%s", error)
+            failed.append(path)
+            continue
+        finally:
+            if isinstance(reader, GeoTiffReader):
+                reader.close()
+        images.append({"id": image_id, "file_name": path, "height": reader.height, "width": reader.width})
+        annotations += coco_annotations(
+            instances, image_id, reader.height, reader.width, len(annotations) + 1
+        )
+
+    categories = [
+        {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
+        for i, n in enumerate(class_names)
+    ]
+    results_path = os.path.join(args.output, "predictions.json")
+    with open(results_path, "w", encoding="utf-8") as f:
+        json.dump({"images": images, "categories": categories, "annotations": annotations}, f)
+    logger.info(
+        "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",
+        len(annotations),
+        len(images),
+        results_path,
+        peak_rss_mib(),
+    )
+    if failed:
+        logger.error("%d image(s) could not be read: %s", len(failed), failed)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logger(name="detectron2", abbrev_name="d2")
+    setup_logger(name="score")
+    sys.exit(main())
