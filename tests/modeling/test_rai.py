@@ -408,3 +408,16 @@ def test_summary_scalars():
     assert summary["rai/kernel"] == KERNELS[int(torch.tensor(probs).argmax())]
     paper = make_rai(dilation="paper", delta_init=2.5).summary()
     assert paper["rai/kernel"] == pytest.approx(5.5) and paper["rai/delta"] == pytest.approx(2.5)
+
+
+def test_separable_and_chained_dilation_equal_direct_max_pool():
+    from score.modeling.rai import _dilate, _dilate_all
+
+    torch.manual_seed(0)
+    masks = torch.randn(2, 3, 17, 23)
+    kernels = [3, 5, 7, 9, 11, 13]
+    direct = [F.max_pool2d(masks, kernel_size=k, stride=1, padding=k // 2) for k in kernels]
+    for k, expected in zip(kernels, direct):
+        assert torch.equal(_dilate(masks, k), expected)
+    for got, expected in zip(_dilate_all(masks, [7, 3, 13, 5, 11, 9]), [direct[i] for i in (2, 0, 5, 1, 4, 3)]):
+        assert torch.equal(got, expected)
