@@ -3,43 +3,11 @@
 #
 #   bash eval_sior.sh <run_dir> [KEY VALUE ...]
 #
-# One `train_net.py --eval-only` per target, with the weights <run_dir>/model_final.pth,
-# OUTPUT_DIR <run_dir>/eval_final/<target> and the ensemble exponents the authors used for
-# that target (dataset metadata, read by tools/ensemble_exponents.py). Extra KEY VALUE pairs
-# are appended to every command. Then tools/collect_results.py writes the Table 1 row to
-# <run_dir>/eval_final/results.{md,csv}.
-# Environment: CONFIG (default configs/score_sior_instance.yaml), NUM_GPUS (default 1),
-# PYTHON (default .venv/bin/python if present, else python), TARGETS (default "nwpu sota fast isaid").
-set -euo pipefail
-
-if [[ $# -lt 1 ]]; then
-    echo "usage: bash $0 <run_dir> [KEY VALUE ...]" >&2
-    exit 2
-fi
-RUN_DIR=${1%/}
-shift
-
-TRAIN=sior
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-CONFIG=${CONFIG:-configs/score_sior_instance.yaml}
-TARGETS=${TARGETS:-"nwpu sota fast isaid"}
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
-fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-
-for target in $TARGETS; do
-    exponents=$("$PYTHON" "$REPO/tools/ensemble_exponents.py" "$TRAIN" "$target")
-    read -r alpha beta <<< "$exponents"
-    echo "== $TRAIN -> $target: alpha $alpha, beta $beta"
-    "$PYTHON" "$REPO/train_net.py" --config "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --dist-url auto --eval-only \
-        OUTPUT_DIR "$RUN_DIR/eval_final/$target" \
-        DATASETS.TEST "('${target}_val_instance',)" \
-        MODEL.WEIGHTS "$RUN_DIR/model_final.pth" \
-        MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA "$alpha" \
-        MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA "$beta" \
-        "$@"
-done
-
-# shellcheck disable=SC2086  # TARGETS is a word list
-"$PYTHON" "$REPO/tools/collect_results.py" "$RUN_DIR/eval_final" --targets $TARGETS
+# One `train_net.py --eval-only` per target (nwpu sota fast isaid), with the weights
+# <run_dir>/model_final.pth, OUTPUT_DIR <run_dir>/eval_final/<target> and the ensemble
+# exponents the authors used for that target (dataset metadata); extra KEY VALUE pairs
+# are appended to every command; then the Table 1 row is printed and written to
+# <run_dir>/eval_final/results.{md,csv}. Environment: CONFIG (default
+# configs/score_sior_instance.yaml), TARGETS, NUM_GPUS (default 1), PYTHON.
+# The body is shared with the other training set: scripts/eval_targets.sh.
+exec bash "$(dirname "${BASH_SOURCE[0]}")/scripts/eval_targets.sh" sior configs/score_sior_instance.yaml "nwpu sota fast isaid" "$@"

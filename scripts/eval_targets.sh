@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Shared body of eval_isaid.sh and eval_sior.sh: evaluate one trained run on its targets.
+#
+#   bash scripts/eval_targets.sh <train family> <default config> "<default targets>" <run_dir> [KEY VALUE ...]
+#
+# One `train_net.py --eval-only` per target, with the weights <run_dir>/model_final.pth,
+# OUTPUT_DIR <run_dir>/eval_final/<target> and the ensemble exponents the authors used for
+# that target (dataset metadata, read by tools/ensemble_exponents.py). Extra KEY VALUE pairs
+# are appended to every command. Then tools/collect_results.py writes the Table 1 row to
+# <run_dir>/eval_final/results.{md,csv}.
+# Environment: CONFIG, TARGETS (override the defaults), NUM_GPUS (default 1),
+# PYTHON (default .venv/bin/python if present, else python).
+set -euo pipefail
+
+TRAIN=$1
+DEFAULT_CONFIG=$2
+DEFAULT_TARGETS=$3
+shift 3
+if [[ $# -lt 1 ]]; then
+    echo "usage: bash eval_${TRAIN}.sh <run_dir> [KEY VALUE ...]" >&2
+    exit 2
+fi
+RUN_DIR=${1%/}
+shift
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONFIG=${CONFIG:-$DEFAULT_CONFIG}
+TARGETS=${TARGETS:-$DEFAULT_TARGETS}
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+for target in $TARGETS; do
+    exponents=$("$PYTHON" "$REPO/tools/ensemble_exponents.py" "$TRAIN" "$target")
+    read -r alpha beta <<< "$exponents"
+    echo "== $TRAIN -> $target: alpha $alpha, beta $beta"
+    "$PYTHON" "$REPO/train_net.py" --config "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --dist-url auto --eval-only \
+        OUTPUT_DIR "$RUN_DIR/eval_final/$target" \
+        DATASETS.TEST "('${target}_val_instance',)" \
+        MODEL.WEIGHTS "$RUN_DIR/model_final.pth" \
+        MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA "$alpha" \
+        MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA "$beta" \
+        "$@"
+done
+
+# shellcheck disable=SC2086  # TARGETS is a word list
+"$PYTHON" "$REPO/tools/collect_results.py" "$RUN_DIR/eval_final" --targets $TARGETS
