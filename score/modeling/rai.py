@@ -60,6 +60,37 @@ def _dilate_all(mask_logits: Tensor, kernels: Sequence[int]) -> List[Tensor]:
     return [dilated[k] for k in kernels]
 
 
+def _single_token_attention(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
+    """Self-attention of sequences of one token: (S, 1, D) -> (S, 1, D), batch-first.
+
+    With one key, softmax gives weight 1 to it, so attention is exactly
+    out_proj(v_proj(x)); the query and key projections do not change the
+    output (and got a zero gradient before too). The MHA's dropout on the
+    attention weights drops a head's whole output for a token, so in training
+    it becomes one Bernoulli mask per (token, head), scaled by 1 / (1 - p).
+    """
+    d = x.shape[-1]
+    value = F.linear(x, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
+    if attn.training and attn.dropout > 0.0:
+        heads = attn.num_heads
+        keep = F.dropout(value.new_ones(value.shape[0], 1, heads, 1), attn.dropout, training=True)
+        value = (value.view(value.shape[0], 1, heads, d // heads) * keep).view_as(value)
+    return attn.out_proj(value)
+
+
+def _single_token_encoder(encoder: nn.TransformerEncoder, x: Tensor) -> Tensor:
+    """``encoder(x)`` of post-norm layers on one-token sequences (S, 1, D), via the value path.
+
+    The layers' own modules are used, so parameters and state-dict keys are
+    those of ``nn.TransformerEncoder``.
+    """
+    for layer in encoder.layers:
+        x = layer.norm1(x + layer.dropout1(_single_token_attention(layer.self_attn, x)))
+        feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+        x = layer.norm2(x + layer.dropout2(feed_forward))
+    return x if encoder.norm is None else encoder.norm(x)
+
+
 class RegionAwareIntegration(nn.Module):
     """RAI of SCORE.md 5: class embeddings V (B, Q, D) -> context-aware V-hat (B, Q, D).
 
@@ -307,8 +338,9 @@ class RegionAwareIntegration(nn.Module):
             region = context.global_embed.to(class_embed.dtype)[:, None, :].expand_as(class_embed)
         x = class_embed + self.lambda_weight * region
         b, q, d = x.shape
-        # Each query is its own sequence of length 1 (SCORE.md 5.3).
-        return self.encoder(x.reshape(b * q, 1, d)).reshape(b, q, d)
+        # Each query is its own sequence of length 1 (SCORE.md 5.3), so attention reduces to its
+        # value path (_single_token_attention): same output, a third fewer matmuls per layer.
+        return _single_token_encoder(self.encoder, x.reshape(b * q, 1, d)).reshape(b, q, d)
 
 
 def build_rai(cfg, embed_dim: int) -> Optional[RegionAwareIntegration]:

@@ -1,0 +1,61 @@
+"""Speed paths against their references: RAI's single-token attention, the per-device
+vocabulary classifier of the meta-architecture, and the frozen-tower autocast key."""
+
+import pytest
+import torch
+from torch import nn
+
+from score.modeling.rai import RegionAwareIntegration, _single_token_encoder
+
+
+def _encoder(dropout: float = 0.0, layers: int = 2) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=16, nhead=4, dim_feedforward=32, dropout=dropout, activation="relu", batch_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_single_token_encoder_matches_transformer_encoder(training):
+    torch.manual_seed(0)
+    encoder = _encoder().train(training)
+    x = torch.randn(12, 1, 16, requires_grad=True)
+    expected = encoder(x)
+    got = _single_token_encoder(encoder, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+    grad = torch.randn_like(expected)
+    ref_grads = torch.autograd.grad(expected, [x, *encoder.parameters()], grad)
+    new_grads = torch.autograd.grad(got, [x, *encoder.parameters()], grad)
+    for ref, new in zip(ref_grads, new_grads):
+        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-6)
+    # The query and key thirds of the input projection get a zero gradient, as with softmax over one key.
+    in_proj_grad = new_grads[
+        1 + [n for n, _ in encoder.named_parameters()].index("layers.0.self_attn.in_proj_weight")
+    ]
+    assert torch.count_nonzero(in_proj_grad[:32]) == 0 and torch.count_nonzero(in_proj_grad[32:]) > 0
+
+
+def test_single_token_attention_dropout_drops_whole_heads():
+    torch.manual_seed(0)
+    encoder = _encoder(dropout=0.5, layers=1).train()
+    attn = encoder.layers[0].self_attn
+    from score.modeling.rai import _single_token_attention
+
+    x = torch.randn(400, 1, 16)
+    out = _single_token_attention(attn, x)
+    # Undo the output projection: each head's 4 values are either all dropped or all scaled by 2.
+    value = torch.nn.functional.linear(x, attn.in_proj_weight[32:], attn.in_proj_bias[32:])
+    recovered = torch.linalg.solve(attn.out_proj.weight, (out - attn.out_proj.bias).squeeze(1).T).T
+    recovered, value = recovered.view(400, 4, 4), value.view(400, 4, 4)
+    dropped = recovered.abs().amax(-1) < 1e-4  # (tokens, heads)
+    factor = torch.where(dropped, 0.0, 2.0)[..., None]
+    torch.testing.assert_close(recovered, value * factor, rtol=1e-3, atol=1e-4)
+    assert 0.3 < dropped.float().mean() < 0.7
+
+
+def test_rai_keeps_its_state_dict_keys():
+    rai = RegionAwareIntegration(embed_dim=16, nheads=4, dim_feedforward=32, num_layers=2)
+    keys = set(rai.state_dict())
+    assert "encoder.layers.0.self_attn.in_proj_weight" in keys
+    assert "encoder.layers.1.linear2.bias" in keys
