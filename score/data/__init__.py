@@ -2,8 +2,8 @@
 
 from .datasets import (  # noqa: F401
     SPLITS,
+    canonical_class_name,
     ensemble_exponents,
-    normalize_class_name,
     register_all,
     register_instance_dataset,
 )

@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..modeling.text_classifier import normalize_class_name
+
 __all__ = [
     "FAST_CLASSES",
     "ISAID_CLASSES",
@@ -45,7 +47,7 @@ __all__ = [
     "dataset_root",
     "ensemble_exponents",
     "load_instance_json",
-    "normalize_class_name",
+    "canonical_class_name",
     "register_all",
     "register_instance_dataset",
 ]
@@ -128,9 +130,13 @@ SPLITS: tuple[SplitSpec, ...] = (
 )  # fmt: skip
 
 
-def normalize_class_name(name: str) -> str:
-    """SCORE.md 7.2: lower-case, '_' and '-' as spaces (``Storage_tank`` -> ``storage tank``)."""
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+def canonical_class_name(name: str) -> str:
+    """The SCORE.md 7.2 normalisation of a class name as one string (``Storage_tank`` -> ``storage tank``).
+
+    Synonyms stay comma-separated; the normalisation itself is the text
+    classifier's, so "the same class" means the same thing everywhere.
+    """
+    return ", ".join(normalize_class_name(name))
 
 
 def dataset_root() -> str:
@@ -150,8 +156,8 @@ def _check_paths(name: str, image_root: str, json_file: str) -> None:
 
 
 def _check_categories(json_file: str, file_classes: Sequence[str], class_names: Sequence[str]) -> None:
-    got = [normalize_class_name(c) for c in file_classes]
-    want = [normalize_class_name(c) for c in class_names]
+    got = [canonical_class_name(c) for c in file_classes]
+    want = [canonical_class_name(c) for c in class_names]
     if got == want:
         return
     first = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .datasets import SPLITS, SplitSpec, normalize_class_name
+from .datasets import SPLITS, SplitSpec, canonical_class_name
 
 __all__ = [
     "CONCEPTS",
@@ -149,7 +149,7 @@ _GENERIC_SURROUNDS = ("none", "concrete", "soil", "grass")
 
 def recipe_for(class_name: str) -> Recipe:
     """The recipe of a class name: its concept's, or one derived from the name's hash."""
-    name = normalize_class_name(class_name)
+    name = canonical_class_name(class_name)
     name = _ALIASES.get(name, name)
     if name in CONCEPTS:
         return CONCEPTS[name]

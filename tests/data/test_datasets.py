@@ -16,8 +16,8 @@ from detectron2.structures import polygons_to_bitmask
 from score.data.datasets import (
     NWPU_CLASSES,
     SPLITS,
+    canonical_class_name,
     ensemble_exponents,
-    normalize_class_name,
     register_all,
     register_instance_dataset,
 )
@@ -69,7 +69,7 @@ def test_table_matches_datasets_md():
     assert SPLIT["sior_train_instance"].class_names[6] == "expressway-service-area"
     assert SPLIT["fast_val_instance"].class_names[-1] == "Warship"
     for split in SPLITS:
-        normalised = [normalize_class_name(c) for c in split.class_names]
+        normalised = [canonical_class_name(c) for c in split.class_names]
         assert len(set(normalised)) == len(normalised), split.name
 
 
@@ -86,10 +86,10 @@ def test_metadata_under_explicit_root(tmp_path):
     assert MetadataCatalog.get("nwpu_val_instance").image_root.startswith(str(tmp_path / "other"))
 
 
-def test_normalize_class_name():
-    assert normalize_class_name("Storage_tank") == "storage tank"
-    assert normalize_class_name("storage-tank") == "storage tank"
-    assert normalize_class_name("Expressway-Service-Area") == "expressway service area"
+def test_canonical_class_name():
+    assert canonical_class_name("Storage_tank") == "storage tank"
+    assert canonical_class_name("storage-tank") == "storage tank"
+    assert canonical_class_name("Expressway-Service-Area") == "expressway service area"
 
 
 def test_every_split_loads_with_its_classes(synthetic_root):
