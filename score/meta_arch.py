@@ -96,7 +96,9 @@ class SCORE(nn.Module):
                 f"MODEL.SCORE.OUT_VOCAB_SOURCE must be one of {_OUT_VOCAB_SOURCES}, not {out_vocab_source!r}"
             )
         if out_vocab_source == "rsclip" and (context_encoder is None or context_text_classifiers is None):
-            raise ValueError('MODEL.SCORE.OUT_VOCAB_SOURCE "rsclip" needs the context encoder and its text tower')
+            raise ValueError(
+                'MODEL.SCORE.OUT_VOCAB_SOURCE "rsclip" needs the context encoder and its text tower'
+            )
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.context_encoder = context_encoder
@@ -117,6 +119,12 @@ class SCORE(nn.Module):
         self.ensemble_on_valid_mask = ensemble_on_valid_mask
         self.out_vocab_source = out_vocab_source
         self.train_class_names = list(train_class_names)
+        # Seen flags (K,) of the current vocabulary: a buffer so that it follows the model's device
+        # instead of being copied there by every forward; not saved (set_vocabulary rebuilds it).
+        self.register_buffer("_seen", torch.zeros(0, dtype=torch.bool), False)
+        # Text classifiers on the model's device, per (bank, vocabulary, device): the banks keep them
+        # on the CPU, and a forward should not copy them to the device again.
+        self._device_classifiers: Dict[tuple, Tuple[Tensor, List[int]]] = {}
         self.set_vocabulary(test_class_names)
 
     @classmethod
@@ -226,7 +234,8 @@ class SCORE(nn.Module):
         if train_class_names is not None:
             self.train_class_names = list(train_class_names)
         self.test_class_names = list(class_names)
-        self._seen = torch.tensor(seen_flags(self.test_class_names, self.train_class_names), dtype=torch.bool)
+        flags = seen_flags(self.test_class_names, self.train_class_names)
+        self._seen = torch.tensor(flags, dtype=torch.bool, device=self.pixel_mean.device)
 
     @property
     def class_names(self) -> List[str]:
@@ -259,10 +268,27 @@ class SCORE(nn.Module):
             return None
         return self.context_encoder(images)
 
-    def text_classifier(self, batch_size: int, context: Optional[ContextFeatures]) -> Tuple[Tensor, List[int]]:
+    def vocabulary_classifier(self, bank: TextClassifierBank) -> Tuple[Tensor, List[int]]:
+        """``bank``'s classifier (N, D) of the current vocabulary on the model's device; synonym counts.
+
+        Kept per (bank, vocabulary, device), so that only the first forward of a
+        vocabulary copies it. The kept copy is made outside inference mode: a
+        classifier first built under ``torch.inference_mode`` would otherwise be
+        an inference tensor, which training cannot use in autograd.
+        """
+        key = (bank, tuple(self.class_names), self.device)
+        if key not in self._device_classifiers:
+            classifier, num_synonyms = bank.get(self.class_names)
+            with torch.inference_mode(False):
+                self._device_classifiers[key] = (classifier.to(self.device, copy=True), num_synonyms)
+        classifier, num_synonyms = self._device_classifiers[key]
+        return classifier, list(num_synonyms)
+
+    def text_classifier(
+        self, batch_size: int, context: Optional[ContextFeatures]
+    ) -> Tuple[Tensor, List[int]]:
         """Per-image in-vocabulary classifier (B, N + 1, D): GCA-adapted text rows, then void."""
-        classifier, num_synonyms = self.text_classifiers.get(self.class_names)
-        classifier = classifier.to(self.device)
+        classifier, num_synonyms = self.vocabulary_classifier(self.text_classifiers)
         if context is None:
             adapted = classifier.expand(batch_size, -1, -1)
         else:
@@ -305,15 +331,15 @@ class SCORE(nn.Module):
         if self.out_vocab_source == "clip":
             dense = features["clip_vis_dense"]
             embeddings = self.backbone.pooled_to_embedding(mask_pool(dense, mask_logits))
-            classifier, num_synonyms = self.text_classifiers.get(self.class_names)
+            classifier, num_synonyms = self.vocabulary_classifier(self.text_classifiers)
             logit_scale = self.backbone.logit_scale
         else:
             dense = context.dense
             embeddings = mask_pool(dense, mask_logits.to(dense.dtype)).float()
-            classifier, num_synonyms = self.context_text_classifiers.get(self.class_names)
+            classifier, num_synonyms = self.vocabulary_classifier(self.context_text_classifiers)
             logit_scale = self.context_encoder.logit_scale
         void = F.normalize(self.void_embedding.weight, dim=-1)
-        classifier = torch.cat([classifier.to(self.device), void.to(classifier.dtype)], dim=0)
+        classifier = torch.cat([classifier, void.to(classifier.dtype)], dim=0)
         logits = classification_logits(embeddings.float(), classifier, logit_scale.float(), num_synonyms)
         resized = F.interpolate(mask_logits, size=dense.shape[-2:], mode="bilinear", align_corners=False)
         valid = (resized > 0).flatten(2).any(-1)

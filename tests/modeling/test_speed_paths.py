@@ -59,3 +59,37 @@ def test_rai_keeps_its_state_dict_keys():
     keys = set(rai.state_dict())
     assert "encoder.layers.0.self_attn.in_proj_weight" in keys
     assert "encoder.layers.1.linear2.bias" in keys
+
+
+def test_vocabulary_classifier_is_kept_per_device_and_usable_for_training_after_inference_mode(make_inputs):
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    inputs = make_inputs([(64, 64)])
+    with torch.inference_mode():
+        model(inputs)
+    classifier, num_synonyms = model.vocabulary_classifier(model.text_classifiers)
+    expected, expected_synonyms = model.text_classifiers.get(model.class_names)
+    torch.testing.assert_close(classifier, expected, rtol=0, atol=0)
+    assert num_synonyms == expected_synonyms
+    assert not classifier.is_inference()
+    assert model.vocabulary_classifier(model.text_classifiers)[0] is classifier  # no copy per forward
+    # The bank's classifier was built under inference mode; training must still work (GCA's autograd).
+    model.train()
+    losses = model(inputs)
+    sum(losses.values()).backward()
+    assert model.sem_seg_head.predictor.class_embed.layers[0].weight.grad is not None
+
+
+def test_seen_flags_follow_the_vocabulary_and_are_not_saved():
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    model = build_model(tiny_cfg())
+    model.set_vocabulary(["ship", "dog"])
+    assert model._seen.tolist() == [True, False]
+    assert not any("_seen" in key for key in model.state_dict())
