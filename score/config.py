@@ -116,6 +116,12 @@ def add_score_config(cfg: CN) -> None:
     # Random initialisation of both CLIPs instead of loading weights: only for
     # tests and benchmarks; logged as a warning.
     cfg.MODEL.SCORE.RANDOM_INIT_CLIP = False
+    # Autocast of the frozen ConvNeXt CLIP image tower (its features and the
+    # out-of-vocabulary embedding of pooled masks): "none" (its own float32) or
+    # "bf16" (bfloat16 autocast; used only on CUDA, a no-op on CPU). Its outputs
+    # are cast back to float32 for the trainable head. A speed option, not in the
+    # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
+    cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
     cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = ""

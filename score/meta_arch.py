@@ -14,6 +14,7 @@ rows (synonyms of the K classes), D joint embedding width, H x W padded size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -40,6 +41,7 @@ __all__ = ["SCORE"]
 logger = logging.getLogger(__name__)
 
 _OUT_VOCAB_SOURCES = ("clip", "rsclip")
+_FROZEN_TOWERS_AUTOCAST = ("none", "bf16")
 
 
 @META_ARCH_REGISTRY.register()
@@ -68,6 +70,7 @@ class SCORE(nn.Module):
         geometric_ensemble_beta: float,
         ensemble_on_valid_mask: bool,
         out_vocab_source: str,
+        frozen_towers_autocast: str = "none",
     ):
         """
         Args:
@@ -89,6 +92,8 @@ class SCORE(nn.Module):
             geometric_ensemble_alpha, geometric_ensemble_beta: exponents of 7.3.
             ensemble_on_valid_mask: out-vocabulary term only for non-empty masks.
             out_vocab_source: "clip" or "rsclip" (paper Table 6).
+            frozen_towers_autocast: "none", or "bf16": bfloat16 autocast of the frozen
+                ConvNeXt image tower, on CUDA only (a no-op on CPU), outputs cast to float32.
         """
         super().__init__()
         if out_vocab_source not in _OUT_VOCAB_SOURCES:
@@ -99,6 +104,12 @@ class SCORE(nn.Module):
             raise ValueError(
                 'MODEL.SCORE.OUT_VOCAB_SOURCE "rsclip" needs the context encoder and its text tower'
             )
+        if frozen_towers_autocast not in _FROZEN_TOWERS_AUTOCAST:
+            raise ValueError(
+                f"MODEL.SCORE.FROZEN_TOWERS_AUTOCAST must be one of {_FROZEN_TOWERS_AUTOCAST}, "
+                f"not {frozen_towers_autocast!r}"
+            )
+        self.frozen_towers_autocast = frozen_towers_autocast
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.context_encoder = context_encoder
@@ -205,6 +216,7 @@ class SCORE(nn.Module):
             "geometric_ensemble_beta": score_cfg.GEOMETRIC_ENSEMBLE_BETA,
             "ensemble_on_valid_mask": score_cfg.ENSEMBLE_ON_VALID_MASK,
             "out_vocab_source": score_cfg.OUT_VOCAB_SOURCE,
+            "frozen_towers_autocast": score_cfg.FROZEN_TOWERS_AUTOCAST,
         }
 
     @property
@@ -246,7 +258,7 @@ class SCORE(nn.Module):
     def forward(self, batched_inputs: List[dict]):
         """detectron2 batched inputs -> losses (training) or ``[{"instances": Instances}]``."""
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.image_features(images.tensor)
         context = self.encode_context(images.tensor)
         text_classifier, num_synonyms = self.text_classifier(len(images), context)
         outputs = self.sem_seg_head(features, text_classifier, num_synonyms, context)
@@ -261,6 +273,21 @@ class SCORE(nn.Module):
         """Normalise with the CLIP statistics and pad to ``size_divisibility`` (SCORE.md 3)."""
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def frozen_tower_autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the frozen ConvNeXt tower when configured and on CUDA, else nothing."""
+        if self.frozen_towers_autocast == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def image_features(self, images: Tensor) -> Dict[str, Tensor]:
+        """The frozen ConvNeXt tower's res2..res5 and ``clip_vis_dense`` of the padded batch (B, 3, H, W)."""
+        if self.frozen_towers_autocast == "none":
+            return self.backbone(images)
+        with self.frozen_tower_autocast():
+            features = self.backbone(images)
+        # The trainable head runs in float32 (or under the trainer's own AMP).
+        return {name: feature.float() for name, feature in features.items()}
 
     def encode_context(self, images: Tensor) -> Optional[ContextFeatures]:
         """Global and dense scene context of the padded batch; None for the baseline."""
@@ -330,7 +357,8 @@ class SCORE(nn.Module):
         """
         if self.out_vocab_source == "clip":
             dense = features["clip_vis_dense"]
-            embeddings = self.backbone.pooled_to_embedding(mask_pool(dense, mask_logits))
+            with self.frozen_tower_autocast():
+                embeddings = self.backbone.pooled_to_embedding(mask_pool(dense, mask_logits))
             classifier, num_synonyms = self.vocabulary_classifier(self.text_classifiers)
             logit_scale = self.backbone.logit_scale
         else:

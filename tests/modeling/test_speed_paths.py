@@ -93,3 +93,30 @@ def test_seen_flags_follow_the_vocabulary_and_are_not_saved():
     model.set_vocabulary(["ship", "dog"])
     assert model._seen.tolist() == [True, False]
     assert not any("_seen" in key for key in model.state_dict())
+
+
+def test_frozen_towers_autocast_is_a_no_op_on_cpu(make_inputs):
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    outputs = []
+    for mode in ("none", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg("MODEL.SCORE.FROZEN_TOWERS_AUTOCAST", mode)).eval()
+        with torch.inference_mode():
+            features = model.image_features(model.preprocess_image(make_inputs([(64, 96)])).tensor)
+            result = model(make_inputs([(64, 96)]))[0]["instances"]
+        assert all(f.dtype == torch.float32 for f in features.values())
+        outputs.append(result)
+    torch.testing.assert_close(outputs[1].scores, outputs[0].scores, rtol=0, atol=0)
+    assert torch.equal(outputs[1].pred_masks, outputs[0].pred_masks)
+
+
+def test_frozen_towers_autocast_rejects_unknown_modes():
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    with pytest.raises(ValueError, match="FROZEN_TOWERS_AUTOCAST must be one of"):
+        build_model(tiny_cfg("MODEL.SCORE.FROZEN_TOWERS_AUTOCAST", "fp8"))
