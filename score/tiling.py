@@ -238,11 +238,13 @@ def _ratio(common: int, a: int, b: int) -> float:
 
 def _overlap_ratio(a: SceneInstance, b: SceneInstance, window: Box) -> float:
     """|A n B| / min(|A|, |B|) on the part of ``window`` (b's tile) that a's other tiles also saw."""
-    other = [w for w in a.windows if w != window]
-    hull = _hull([a.box, b.box])
     # Both masks restricted to b's tile lie in this region, which is at most T x T.
-    rx0, ry0, rx1, ry1 = _intersect(window, hull)
-    if rx0 >= rx1 or ry0 >= ry1 or not other:
+    rx0, ry0, rx1, ry1 = _intersect(window, _hull([a.box, b.box]))
+    if rx0 >= rx1 or ry0 >= ry1:
+        return 0.0
+    region = (rx0, ry0, rx1, ry1)
+    other = [w for w in a.windows if w != window and _near(w, region)]
+    if not other:
         return 0.0
     seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
     for w in other:
@@ -277,13 +279,13 @@ def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -
 def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
     x0, y0, x1, y1 = _hull([p.box for p in parts])
     mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    windows: List[Box] = []
+    windows: List[Box] = []  # in order of first appearance, without repeats
     for p in parts:
         px0, py0, px1, py1 = p.box
         mask[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= p.mask
-        windows.extend(w for w in p.windows if w not in windows)
+        windows.extend(p.windows)
     best = max(parts, key=lambda p: p.score)
-    return SceneInstance(best.category, best.score, (x0, y0, x1, y1), mask, windows)
+    return SceneInstance(best.category, best.score, (x0, y0, x1, y1), mask, list(dict.fromkeys(windows)))
 
 
 class TileMerger:
@@ -308,7 +310,8 @@ class TileMerger:
             return False
         if _overlap_ratio(a, b, window) >= self.match_threshold:
             return True
-        a_windows = [w for w in a.windows if w != window]
+        # Only a's windows next to b can carry a contact (an object may span many tiles).
+        a_windows = [w for w in a.windows if w != window and _near(w, b.box)]
         return (
             _contact_ratio(a, b, a_windows) >= self.match_threshold
             or _contact_ratio(b, a, [window]) >= self.match_threshold

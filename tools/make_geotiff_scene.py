@@ -24,7 +24,7 @@ from rasterio.windows import Window
 logger = logging.getLogger("make_geotiff_scene")
 
 # Rows written per strip (a multiple of the 256 px internal tiles).
-_STRIP = 1024
+_STRIP = 256
 # One object per this many square pixels on average.
 _PIXELS_PER_OBJECT = 40_000
 
@@ -102,7 +102,8 @@ def make_scene(
     with rasterio.open(path, "w", **profile) as dst:
         for row0 in range(0, size, _STRIP):
             rows = min(_STRIP, size - row0)
-            ground = rng.normal(110, 12, size=(rows, size, 1)) + rng.normal(0, 6, size=(rows, size, 3))
+            ground = 110 + 12 * rng.standard_normal((rows, size, 1), dtype=np.float32)
+            ground = ground + 6 * rng.standard_normal((rows, size, 3), dtype=np.float32)
             strip = np.clip(ground, 0, 255).astype(np.uint8)
             _draw(strip, row0, objects)
             data = strip.transpose(2, 0, 1)

@@ -27,6 +27,7 @@ import logging
 import os
 import resource
 import sys
+import time
 from typing import List, Optional, Tuple
 
 import cv2
@@ -184,7 +185,9 @@ def process_image(
     predictor: SCOREPredictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg
 ) -> List[SceneInstance]:
     """Predict on one opened scene and write its overlay and GeoJSON; the instances (for the COCO file)."""
+    start = time.perf_counter()
     instances, tiled = predict_scene(predictor, reader, args, cfg)
+    predict_seconds = time.perf_counter() - start
     class_names = predictor.class_names
     stem = output_stem(image_id)
     if not args.no_vis:
@@ -202,8 +205,9 @@ def process_image(
             image=path,
         )
         write_geojson(os.path.join(args.output, "geojson", stem + ".geojson"), collection)
-    message = "%s: %d x %d px, %d instances"
-    values = [image_id, reader.width, reader.height, len(instances)]
+    message = "%s: %d x %d px, %d instances, predicted in %.1f s, written in %.1f s"
+    values = [image_id, reader.width, reader.height, len(instances), predict_seconds]
+    values.append(time.perf_counter() - start - predict_seconds)
     if tiled:
         # What a (R, H, W) float32 mask stack of the whole scene, as one forward would return, would take.
         message += "; tiled, peak resident memory %.0f MiB (a full-scene float32 mask stack: %.0f MiB)"
