@@ -188,6 +188,7 @@ def process_image(
     start = time.perf_counter()
     instances, tiled = predict_scene(predictor, reader, args, cfg)
     predict_seconds = time.perf_counter() - start
+    predict_peak = peak_rss_mib()
     class_names = predictor.class_names
     stem = output_stem(image_id)
     if not args.no_vis:
@@ -210,8 +211,9 @@ def process_image(
     values.append(time.perf_counter() - start - predict_seconds)
     if tiled:
         # What a (R, H, W) float32 mask stack of the whole scene, as one forward would return, would take.
-        message += "; tiled, peak resident memory %.0f MiB (a full-scene float32 mask stack: %.0f MiB)"
-        values += [peak_rss_mib(), len(instances) * reader.height * reader.width * 4 / 2**20]
+        message += "; tiled, peak resident memory %.0f MiB after prediction, %.0f MiB after writing"
+        message += " (a full-scene float32 mask stack of these instances: %.0f MiB)"
+        values += [predict_peak, peak_rss_mib(), len(instances) * reader.height * reader.width * 4 / 2**20]
     logger.info(message, *values)
     return instances
 
