@@ -35,15 +35,33 @@ _DILATION_MODES = ("gumbel", "paper")
 _CONTEXT_SOURCES = ("regional", "cls", "patch")
 
 
+def _max_filter_1d(x: Tensor, kernel: int, dim: int) -> Tensor:
+    """Stride-1 max over windows of odd ``kernel`` along ``dim``, padding kernel // 2 (never the max).
+
+    Sparse-table doubling: after j steps each position holds the max of the
+    2^j values from it on; a window of ``kernel`` is the max of two such
+    windows of the largest 2^j <= kernel that overlap to cover it exactly.
+    About log2(kernel) element-wise maxima instead of a windowed pool: the same
+    values, several times faster than ``max_pool2d`` on CPU.
+    """
+    radius, size = kernel // 2, x.shape[dim]
+    pad = [0, 0, radius, radius] if dim == -2 else [radius, radius]
+    y = F.pad(x, pad, value=float("-inf"))
+    width = 1
+    while 2 * width <= kernel:
+        length = y.shape[dim] - width
+        y = torch.maximum(y.narrow(dim, 0, length), y.narrow(dim, width, length))
+        width *= 2
+    return torch.maximum(y.narrow(dim, 0, size), y.narrow(dim, kernel - width, size))
+
+
 def _dilate(mask_logits: Tensor, kernel: int) -> Tensor:
     """Stride-1 max-pool with an odd ``kernel`` and padding kernel // 2: (B, Q, H, W) -> same shape.
 
-    A square max filter is separable, so it runs as two 1-D max-pools: the
-    same values, and far cheaper than a k x k window for the larger kernels.
+    A square max filter is separable, so it runs as two 1-D max filters: the
+    same values as ``F.max_pool2d``, and far cheaper for the larger kernels.
     """
-    radius = kernel // 2
-    rows = F.max_pool2d(mask_logits, kernel_size=(kernel, 1), stride=1, padding=(radius, 0))
-    return F.max_pool2d(rows, kernel_size=(1, kernel), stride=1, padding=(0, radius))
+    return _max_filter_1d(_max_filter_1d(mask_logits, kernel, -2), kernel, -1)
 
 
 def _dilate_all(mask_logits: Tensor, kernels: Sequence[int]) -> List[Tensor]:

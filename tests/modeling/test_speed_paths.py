@@ -120,3 +120,21 @@ def test_frozen_towers_autocast_rejects_unknown_modes():
 
     with pytest.raises(ValueError, match="FROZEN_TOWERS_AUTOCAST must be one of"):
         build_model(tiny_cfg("MODEL.SCORE.FROZEN_TOWERS_AUTOCAST", "fp8"))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9, 11, 13, 15])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 2, 4, 5)])
+def test_dilation_equals_max_pool_values_and_gradient(kernel, shape):
+    from score.modeling.rai import _dilate
+
+    torch.manual_seed(kernel)
+    x = torch.randn(shape, requires_grad=True)
+    if min(shape[-2:]) + 2 * (kernel // 2) < kernel:
+        pytest.skip("max_pool2d needs the padded input to hold a window")
+    reference = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=kernel // 2)
+    fast = _dilate(x, kernel)
+    assert torch.equal(fast, reference)
+    grad = torch.randn_like(reference)
+    (ref_grad,) = torch.autograd.grad(reference, x, grad)
+    (fast_grad,) = torch.autograd.grad(fast, x, grad)
+    torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-5, atol=1e-6)
