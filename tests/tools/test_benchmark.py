@@ -1,0 +1,89 @@
+"""tools/benchmark.py on the tiny model: one repeat at a tiny size (a smoke test, no timing assertions)."""
+
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "tools", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_rows(benchmark):
+    rows = []
+    for variant in benchmark.VARIANTS:
+        rows += benchmark.benchmark_variant(
+            "tiny",
+            variant,
+            device="cpu",
+            sizes=[(64, 96)],
+            batch_sizes=[1],
+            repeats=1,
+            train_repeats=1,
+            skip_train=False,
+            compare_no_grad=True,
+        )
+    return rows
+
+
+def test_model_rows_side_by_side(benchmark, model_rows):
+    table = benchmark.side_by_side(model_rows)
+    assert [(r["task"], r["HxW"], r["batch"]) for r in table] == [
+        ("inference", "64x96", 1),
+        ("inference (no_grad)", "64x96", 1),
+        ("train step", "64x96", 1),
+    ]
+    for row in table:
+        assert row["arch"] == "tiny (random init)"
+        for column in (
+            "SCORE ms",
+            "FC-CLIP ms",
+            "ms ratio",
+            "SCORE img/s",
+            "SCORE peak MB",
+            "FC-CLIP peak MB",
+        ):
+            assert row[column] > 0, column
+    inference = table[0]
+    assert inference["SCORE GFLOPs"] > 0 and inference["FC-CLIP GFLOPs"] > 0
+    # SCORE adds RAI, GCA and the context tower to the baseline: more flops, never fewer.
+    assert inference["GFLOPs ratio"] > 1
+    assert table[2]["SCORE GFLOPs"] is None  # flops are counted on the inference forward only
+
+
+def test_baseline_has_fewer_parameters(model_rows):
+    params = {row["variant"]: row["params_m"] for row in model_rows}
+    assert params["SCORE"] > params["FC-CLIP"] > 0
+
+
+def test_text_classifier_rows(benchmark, tmp_path):
+    rows = benchmark.benchmark_text_classifier(
+        "tiny", device="cpu", vocabularies=["NWPU", "ISAID"], cache_dir=str(tmp_path)
+    )
+    assert [r["vocabulary"] for r in rows] == ["NWPU", "ISAID"]
+    assert rows[0]["classes"] == 10 and rows[0]["prompts"] == 10 * 18
+    for row in rows:
+        assert row["cold_ms"] > 0 and row["memory_ms"] > 0 and row["disk_ms"] > 0
+    assert len(list(tmp_path.glob("text_classifier_*.pt"))) == 2  # the disk rows read real cache files
+
+
+def test_evaluation_rows_and_render(benchmark, model_rows):
+    rows = benchmark.benchmark_evaluation(images=2, dets=20, size=64, backends=["pycocotools"])
+    assert len(rows) == 3 and all(r["seconds"] > 0 for r in rows)
+    report = {
+        "machine": benchmark.machine_info("cpu"),
+        "command": "test",
+        "models": model_rows,
+        "text": [],
+        "evaluation": rows,
+    }
+    text = benchmark.render(report)
+    assert "| tiny (random init) | inference " in text and "SCORE ms" in text and "COCO eval" in text
