@@ -30,11 +30,13 @@ def mask_pool(features: Tensor, mask_logits: Tensor, soft_slope: Optional[float]
     if mask_logits.shape[-2:] != features.shape[-2:]:
         mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
     if soft_slope is None:
-        weights = (mask_logits.detach() > 0).to(features.dtype)
+        weights = (mask_logits.detach() > 0).float()
     else:
-        weights = torch.sigmoid(soft_slope * (mask_logits - 0.5)).to(features.dtype)
+        weights = torch.sigmoid(soft_slope * (mask_logits.float() - 0.5))
+    # Normalised in float32: in float16 the 1e-8 would round to 0 and an
+    # empty mask would pool to 0 / 0.
     weights = weights / (weights.sum(dim=(-2, -1), keepdim=True) + _EPS)
-    return torch.einsum("bchw,bqhw->bqc", features, weights)
+    return torch.einsum("bchw,bqhw->bqc", features, weights.to(features.dtype))
 
 
 def synonym_class_index(num_synonyms: Sequence[int], device=None) -> Tensor:

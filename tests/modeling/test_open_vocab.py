@@ -27,7 +27,9 @@ def test_hard_mask_pool_resizes_masks_and_passes_no_gradient():
     pooled = mask_pool(features, masks)
     resized = F.interpolate(masks.detach(), size=(4, 4), mode="bilinear", align_corners=False)
     weights = (resized > 0).float()
-    expected = torch.einsum("bchw,bqhw->bqc", features, weights / (weights.sum((-1, -2), keepdim=True) + 1e-8))
+    expected = torch.einsum(
+        "bchw,bqhw->bqc", features, weights / (weights.sum((-1, -2), keepdim=True) + 1e-8)
+    )
     torch.testing.assert_close(pooled, expected)
     assert not pooled.requires_grad
 
@@ -102,3 +104,17 @@ def test_geometric_ensemble_is_finite_when_probabilities_underflow():
     out_logits = torch.tensor([[[-200.0, 200.0, 0.0]]])
     result = geometric_ensemble(in_logits, out_logits, torch.tensor([True, True]), 1.0, 1.0)
     assert torch.isfinite(result).all()
+
+
+@pytest.mark.parametrize("soft_slope", [None, 10.0])
+def test_mask_pool_of_an_empty_mask_is_zero_in_float16(soft_slope):
+    features = torch.randn(1, 4, 6, 6).half()
+    masks = torch.full((1, 2, 6, 6), -30.0)
+    masks[0, 1, 2:4, 2:4] = 3.0
+    pooled = mask_pool(features, masks, soft_slope=soft_slope)
+    assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all()
+    if soft_slope is None:
+        assert torch.all(pooled[0, 0] == 0)
+        torch.testing.assert_close(
+            pooled[0, 1].float(), features[0, :, 2:4, 2:4].float().mean((-1, -2)), atol=1e-3, rtol=1e-3
+        )
