@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("target", help="target split or family (nwpu, sota, fast, sior, isaid)")
     args = parser.parse_args(argv)
     alpha, beta = ensemble_exponents(split_name(args.train, "train"), split_name(args.target, "val"))
-    sys.stdout.write(f"{alpha:g} {beta:g}\n")
+    # Always with a decimal point: the values go to float config keys, and
+    # detectron2's config refuses "0" (an int) for a float key.
+    sys.stdout.write(f"{float(alpha)!r} {float(beta)!r}\n")
 
 
 if __name__ == "__main__":

@@ -79,11 +79,11 @@ def test_collect_results_missing_target_is_an_error(tmp_path):
     "train, target, expected",
     [
         ("isaid", "nwpu", "0.4 0.4"),
-        ("isaid", "sota", "0 0.4"),
+        ("isaid", "sota", "0.0 0.4"),
         ("isaid", "fast", "0.2 0.2"),
         ("isaid", "sior", "0.4 0.4"),
         ("sior", "nwpu", "0.2 0.6"),
-        ("sior", "sota", "0 0.2"),
+        ("sior", "sota", "0.0 0.2"),
         ("sior", "fast", "0.2 0.4"),
         ("sior", "isaid", "0.2 0.2"),
         ("isaid_train_instance", "nwpu_val_instance", "0.4 0.4"),
@@ -92,7 +92,15 @@ def test_collect_results_missing_target_is_an_error(tmp_path):
 def test_ensemble_exponents_prints_the_authors_values(train, target, expected, capsys):
     pytest.importorskip("score.data.datasets")
     _load_tool("ensemble_exponents").main([train, target])
-    assert capsys.readouterr().out == expected + "\n"
+    out = capsys.readouterr().out
+    assert out == expected + "\n"
+    # The printed values are what eval_isaid.sh passes on: they must merge into the float keys.
+    from score.config import get_score_cfg
+
+    alpha, beta = out.split()
+    get_score_cfg().merge_from_list(
+        ["MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA", alpha, "MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA", beta]
+    )
 
 
 def test_ensemble_exponents_cli_fails_on_unknown_pair():
