@@ -18,8 +18,7 @@ An image that cannot be read is reported with its file name and skipped; the
 others are still processed and the exit status is 1 at the end.
 """
 
-from __future__ import annotations
-
+import score  # noqa: F401, I001  (first: its shims let detectron2 import on numpy>=1.24, Pillow>=10)
 import argparse
 import glob
 import json
@@ -36,7 +35,6 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-import score  # noqa: F401, I001  (first: its shims let detectron2 import)
 from score.config import get_score_cfg
 from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, write_geojson
 from score.predictor import SCOREPredictor, coco_annotations, display_name, draw_instances, parse_vocabulary
