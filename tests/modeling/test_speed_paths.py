@@ -138,3 +138,31 @@ def test_dilation_equals_max_pool_values_and_gradient(kernel, shape):
     (ref_grad,) = torch.autograd.grad(reference, x, grad)
     (fast_grad,) = torch.autograd.grad(fast, x, grad)
     torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_decoder_attention_layers_match_explicit_attention_weights(training):
+    from score.modeling.transformer_decoder.score_transformer_decoder import (
+        CrossAttentionLayer,
+        SelfAttentionLayer,
+        attention_mask_from_logits,
+    )
+
+    torch.manual_seed(0)
+    cross, self_attn = CrossAttentionLayer(32, 4).train(training), SelfAttentionLayer(32, 4).train(training)
+    tgt, query_pos = torch.randn(10, 2, 32, requires_grad=True), torch.randn(10, 2, 32)
+    memory, pos = torch.randn(48, 2, 32), torch.randn(48, 2, 32)
+    mask = attention_mask_from_logits(torch.randn(2, 10, 12, 16), (6, 8), 4)
+    assert mask.any()
+    # The reference: MultiheadAttention with its explicit (need_weights=True) path.
+    ref_cross = cross.norm(
+        tgt + cross.multihead_attn(tgt + query_pos, memory + pos, memory, attn_mask=mask)[0]
+    )
+    ref_self = self_attn.norm(tgt + self_attn.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0])
+    got_cross = cross(tgt, memory, mask, pos, query_pos)
+    got_self = self_attn(tgt, query_pos)
+    torch.testing.assert_close(got_cross, ref_cross, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_self, ref_self, rtol=1e-5, atol=1e-5)
+    (ref_grad,) = torch.autograd.grad(ref_cross.sum() + ref_self.sum(), tgt)
+    (got_grad,) = torch.autograd.grad(got_cross.sum() + got_self.sum(), tgt)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-4, atol=1e-5)

