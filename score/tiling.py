@@ -59,6 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]
+# Crop pixels handled at once when a mask is run-length encoded.
+_RLE_CHUNK_PIXELS = 1 << 22
 
 
 class SceneReader(Protocol):
@@ -126,19 +128,30 @@ class SceneInstance:
         """COCO compressed RLE of the mask in an H x W image, built from the crop (no H x W array).
 
         COCO RLE counts alternate runs of 0 and 1 over the column-major
-        flattening of the image; the positions of the crop's pixels in that
-        order are (x0 + col) * H + (y0 + row), already sorted when the crop
-        is walked column by column.
+        flattening of the image. Runs of 1 are found column by column in
+        chunks of the crop (memory bounded by the chunk, not by the mask
+        area); in the flattening a crop pixel (row, col) sits at
+        (x0 + col) * H + (y0 + row).
         """
         x0, y0, _, _ = self.box
-        cols, rows = np.nonzero(self.mask.T)
-        positions = (cols.astype(np.int64) + x0) * height + (rows.astype(np.int64) + y0)
-        if positions.size == 0:
+        h, w = self.mask.shape
+        step = max(1, _RLE_CHUNK_PIXELS // max(h, 1))
+        starts, ends = [], []
+        for c in range(0, w, step):
+            columns = np.zeros((min(step, w - c), h + 2), dtype=np.int8)
+            columns[:, 1:-1] = self.mask[:, c : c + step].T
+            edges = np.diff(columns, axis=1)  # +1 where a run of 1 starts, -1 after it ends
+            col, row = np.nonzero(edges == 1)
+            starts.append((col + x0 + c) * height + row + y0)
+            col, row = np.nonzero(edges == -1)
+            ends.append((col + x0 + c) * height + row + y0)
+        starts, ends = np.concatenate(starts), np.concatenate(ends)
+        if starts.size == 0:
             counts = [height * width]
         else:
-            breaks = np.nonzero(np.diff(positions) != 1)[0]
-            starts = positions[np.r_[0, breaks + 1]]
-            ends = positions[np.r_[breaks, positions.size - 1]] + 1
+            # A run reaching the bottom of the image continues at the top of the next column.
+            joined = starts[1:] == ends[:-1]
+            starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
             runs = np.empty(2 * starts.size + 1, dtype=np.int64)
             runs[0] = starts[0]
             runs[1:-1:2] = ends - starts

@@ -81,7 +81,7 @@ def get_parser() -> argparse.ArgumentParser:
         default="raster",
         help="GeoJSON coordinates in the raster's CRS (with a 'crs' member) or WGS84 (RFC 7946)",
     )
-    parser.add_argument("--vis-max-size", type=int, default=4096, help="longest side of the overlay pictures")
+    parser.add_argument("--vis-max-size", type=int, default=2048, help="longest side of the overlay pictures")
     parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last option)"

@@ -13,6 +13,7 @@ import torch
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
+from score import tiling
 from score.tiling import (
     ArrayReader,
     SceneInstance,
@@ -163,20 +164,26 @@ def test_instances_keep_cropped_masks_only():
     assert scene[0].category == 3 and scene[0].windows == [window]
 
 
-def test_coco_rle_from_the_crop_equals_pycocotools_on_the_full_mask():
+@pytest.mark.parametrize("chunk", [1 << 22, 7])
+@pytest.mark.parametrize("box", [(20, 7, 29, 20), (20, 0, 29, 31)])
+def test_coco_rle_from_the_crop_equals_pycocotools_on_the_full_mask(monkeypatch, chunk, box):
+    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk)  # 7: one column per chunk
+    x0, y0, x1, y1 = box
     rng = np.random.default_rng(0)
-    crop = rng.random((13, 9)) > 0.4
+    crop = rng.random((y1 - y0, x1 - x0)) > 0.4
     crop[0, :] = crop[:, 0] = True  # the box stays tight
     crop[-1, :] = crop[:, -1] = True
-    inst = SceneInstance(category=0, score=1.0, box=(20, 7, 29, 20), mask=crop)
+    inst = SceneInstance(category=0, score=1.0, box=box, mask=crop)
     full = np.zeros((31, 40), dtype=np.uint8)
-    full[7:20, 20:29] = crop
+    full[y0:y1, x0:x1] = crop  # with box 2 the crop spans whole columns: runs continue across them
     expected = mask_util.encode(np.asfortranarray(full))
     rle = inst.to_coco_rle(31, 40)
     assert rle["counts"] == expected["counts"].decode("ascii")
     assert rle["size"] == [31, 40]
     assert mask_util.area(expected) == inst.area
-    assert inst.bbox_xywh() == [20.0, 7.0, 9.0, 13.0]
+    assert inst.bbox_xywh() == [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    empty = SceneInstance(0, 1.0, box, np.zeros_like(crop))
+    assert mask_util.area(empty.to_coco_rle(31, 40)) == 0
 
 
 def test_merger_rejects_a_bad_threshold_and_array_reader_checks_shape():
