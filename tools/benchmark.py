@@ -17,6 +17,8 @@ each variant in a fresh subprocess, at every size and batch size:
 * training step: forward + losses + backward + optimizer step, with the
   Trainer's optimizer (AdamW, full-model gradient clipping), RAI past its
   Gumbel warm-up (the steady state of training) unless ``--rai-phase gumbel``;
+  after one untimed step, except for the full model on CPU (a step takes a
+  minute there), whose timed step also allocates the optimizer state;
 * peak memory of the row: on CPU the resident set high-water mark (VmHWM,
   reset before each row through /proc/self/clear_refs; where that reset is
   refused, the process-lifetime ru_maxrss, marked "lifetime"); on CUDA
@@ -88,10 +90,14 @@ VOCABULARIES = ("NWPU", "SOTA", "FAST", "SIOR", "ISAID")
 # ---------------------------------------------------------------------------- building
 
 
-def build_cfg(which: str, variant: str, device: str):
-    """Frozen config of architecture ``which`` ("tiny" / "full"), variant "SCORE" / "FC-CLIP"."""
+def build_cfg(which: str, variant: str, device: str, opts: Sequence[str] = ()):
+    """Frozen config of architecture ``which`` ("tiny" / "full"), variant "SCORE" / "FC-CLIP".
+
+    ``opts`` (KEY VALUE pairs) apply to both variants, before the variant's own keys.
+    """
     cfg = get_score_cfg()
     cfg.merge_from_file(str(CONFIGS[which]))
+    cfg.merge_from_list(list(opts))
     cfg.merge_from_list(VARIANTS[variant])
     cfg.MODEL.SCORE.RANDOM_INIT_CLIP = True
     cfg.MODEL.DEVICE = device
@@ -242,9 +248,18 @@ def measure_inference(
 
 
 def measure_train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: List[dict], *, repeats: int, device: str
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: List[dict],
+    *,
+    repeats: int,
+    device: str,
+    warmup: int = 1,
 ) -> Dict[str, float]:
-    """One warm-up step, then ``repeats`` timed steps (forward, losses, backward, optimizer step)."""
+    """``warmup`` untimed steps, then ``repeats`` timed ones (forward, losses, backward, optimizer step).
+
+    Without warm-up the first timed step also allocates the optimizer's state.
+    """
 
     def step() -> None:
         losses = model(batch)
@@ -254,7 +269,8 @@ def measure_train_step(
 
     model.train()
     with PeakMemory(device) as peak:
-        step()
+        for _ in range(warmup):
+            step()
         times = _timed(step, repeats, device)
     model.eval()
     best = min(times)
@@ -264,6 +280,7 @@ def measure_train_step(
         "peak_mb": peak.mb,
         "memory_scope": peak.scope,
         "repeats": repeats,
+        "warmup": warmup,
     }
 
 
@@ -279,12 +296,14 @@ def benchmark_variant(
     skip_train: bool,
     compare_no_grad: bool,
     rai_phase: str = "fixed",
+    train_warmup: int = 1,
+    opts: Sequence[str] = (),
 ) -> List[dict]:
     """Rows of one (architecture, variant): build, inference per size/batch, then training steps."""
     from score.engine.trainer import build_optimizer
 
     torch.manual_seed(0)
-    cfg = build_cfg(which, variant, device)
+    cfg = build_cfg(which, variant, device, opts)
     load = os.getloadavg()[0]
     tic = time.perf_counter()
     model = build_benchmark_model(cfg, rai_phase)
@@ -308,7 +327,9 @@ def benchmark_variant(
         for size, b in configs:
             batch = make_batch(size, b, num_classes)
             load = os.getloadavg()[0]
-            result = measure_train_step(model, optimizer, batch, repeats=train_repeats, device=device)
+            result = measure_train_step(
+                model, optimizer, batch, repeats=train_repeats, device=device, warmup=train_warmup
+            )
             rows.append({**base, "task": "train step", "size": size, "batch": b, "load1": load, **result})
             logger.info("%s %s train %s b%d: %.1f ms", which, variant, size, b, result["ms"])
     return rows
@@ -513,6 +534,9 @@ def _in_subprocess(job: dict) -> List[dict]:
 def _worker(job_file: str, out_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     kind = job.pop("kind")
+    threads = job.pop("threads")
+    if threads:
+        torch.set_num_threads(threads)
     if kind == "model":
         job["sizes"] = [tuple(s) for s in job["sizes"]]
         rows = benchmark_variant(**job)
@@ -547,6 +571,9 @@ def run(args: argparse.Namespace) -> dict:
                 "skip_train": args.skip_train,
                 "compare_no_grad": not (full and on_cpu),
                 "rai_phase": args.rai_phase,
+                "train_warmup": (0 if on_cpu else 1) if full else 1,
+                "opts": args.opts,
+                "threads": args.threads,
             }
             report["models"] += _in_subprocess(job)
         if not args.skip_text:
@@ -558,6 +585,7 @@ def run(args: argparse.Namespace) -> dict:
                     "device": args.device,
                     "vocabularies": vocabularies,
                     "cache_dir": cache_dir,
+                    "threads": args.threads,
                 }
                 report["text"] += _in_subprocess(job)
     if not args.skip_eval:
@@ -616,9 +644,20 @@ def main() -> None:
     )
     parser.add_argument("--eval-images", type=int, default=50)
     parser.add_argument("--eval-backends", nargs="+", default=["pycocotools", "faster_coco_eval"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the measuring processes (0: torch's default). On a machine shared "
+        "with other busy processes, use fewer threads than free cores: a descheduled OpenMP thread "
+        "stalls every parallel op (10x slower on 2 shared cores)",
+    )
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides for both variants")
     parser.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     report = run(args)
     text = render(report)
