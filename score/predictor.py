@@ -13,7 +13,9 @@ read from the on-disk cache, see :func:`default_cache_dir`).
 :func:`parse_vocabulary` reads class names the way the command line
 (``tools/predict.py``) takes them: ``--vocab "ship,storage tank"`` (commas
 separate classes) or a file with one class per line, where a line may list
-synonyms separated by commas (``ship,boat``).
+synonyms separated by commas (``ship,boat``). :func:`coco_annotations` and
+:func:`draw_instances` turn instances kept as crops
+(:class:`score.tiling.SceneInstance`) into COCO results and overlays.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_pictures_and_geotiff_with_one_unreadable_file(predict_tool, inputs, tmp
     out = tmp_path / "out"
     argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs), "--output", str(out)]
     argv += ["--vocab", "ship,storage tank,building", "--confidence-threshold", "0"]
-    argv += ["--tile-size", "750", "--tile-overlap", "100", *FAST_OPTS]
+    argv += ["--tile-size", "1000", "--tile-overlap", "100", *FAST_OPTS]  # 2 x 2 tiles
     assert predict_tool.main(argv) == 1  # broken.jpg could not be read; the others were processed
 
     assert any("broken.jpg" in m and "cannot read image" in m for m in messages)
