@@ -5,7 +5,8 @@ compatibility shims, registers the datasets and every model part in
 detectron2's registries.
 """
 
-from . import compat  # noqa: F401  (must run before detectron2.data is imported)
+# compat first: it patches detectron2 v0.6 before detectron2.data is imported.
+from . import compat  # noqa: F401  # isort: skip
 from . import data, modeling  # noqa: F401  (register the dataset splits and the model parts)
 from .config import add_maskformer2_config, add_score_config, get_score_cfg  # noqa: F401
 from .meta_arch import SCORE  # noqa: F401

@@ -412,7 +412,8 @@ def _dataset_classes(names: Sequence[str], key: str) -> List[str]:
     """Class names of the first dataset of DATASETS.<key>, from its metadata."""
     if not len(names):
         raise ValueError(
-            f"DATASETS.{key} is empty and MODEL.SCORE.TRAIN_VOCABULARY is not set: the model needs a vocabulary"
+            f"DATASETS.{key} is empty and MODEL.SCORE.TRAIN_VOCABULARY is not set: "
+            "the model needs a vocabulary"
         )
     classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
     if not classes:

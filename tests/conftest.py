@@ -34,7 +34,10 @@ def make_inputs():
             image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
             masks = torch.zeros(num_instances, h, w, dtype=torch.bool)
             for i in range(num_instances):
-                y, x = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+                y, x = (
+                    int(torch.randint(0, h // 2, (1,), generator=g)),
+                    int(torch.randint(0, w // 2, (1,), generator=g)),
+                )
                 masks[i, y : y + h // 3, x : x + w // 3] = True
             instances = Instances((h, w))
             instances.gt_classes = torch.randint(0, num_classes, (num_instances,), generator=g)

@@ -63,7 +63,9 @@ def full_model():
 
 @pytest.mark.slow
 def test_full_model_has_the_authors_entries(full_model):
-    ours = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in full_model.state_dict().items()}
+    ours = {
+        k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in full_model.state_dict().items()
+    }
     official = convert_official_state_dict(_official_entries())
     assert len(official) == 1358
     assert sorted(set(official) - set(ours)) == []

@@ -37,7 +37,9 @@ VARIANTS = {
 logger = logging.getLogger("score.context_check")
 
 
-def run(config: str, seed: int, iters: int, tests: List[str], output_dir: Path, env: dict) -> Dict[str, float]:
+def run(
+    config: str, seed: int, iters: int, tests: List[str], output_dir: Path, env: dict
+) -> Dict[str, float]:
     """Train and evaluate one run; {test split: segm AP}."""
     steps = f"({int(iters * 0.9)}, {int(iters * 0.95)})"
     cmd = [
@@ -71,7 +73,9 @@ def run(config: str, seed: int, iters: int, tests: List[str], output_dir: Path, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", default="output/context_check", help="runs and synthetic data go here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=300, help="training iterations per run")
@@ -84,7 +88,12 @@ def main() -> None:
     env = dict(os.environ, DETECTRON2_DATASETS=str(root / "datasets"), PYTHONPATH=str(REPO))
     if not (root / "datasets" / "iSAID").exists():
         subprocess.run(
-            [sys.executable, str(REPO / "tools" / "make_synthetic_datasets.py"), "--root", str(root / "datasets")],
+            [
+                sys.executable,
+                str(REPO / "tools" / "make_synthetic_datasets.py"),
+                "--root",
+                str(root / "datasets"),
+            ],
             check=True,
             env=env,
         )

@@ -19,7 +19,9 @@ logger = logging.getLogger("score.convert")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="checkpoint written by the authors' implementation (.pth)")
     parser.add_argument("target", help="where to write the converted checkpoint")
     args = parser.parse_args()
@@ -31,9 +33,13 @@ def main() -> None:
         raise SystemExit(f"cannot read checkpoint {args.source}: {e}") from e
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
-        raise SystemExit(f"{args.source} holds no state dict (expected a dict, or a dict with a 'model' entry)")
+        raise SystemExit(
+            f"{args.source} holds no state dict (expected a dict, or a dict with a 'model' entry)"
+        )
     if not is_official_state_dict(state_dict):
-        logger.warning("%s does not look like an authors' checkpoint; writing it with keys unchanged", args.source)
+        logger.warning(
+            "%s does not look like an authors' checkpoint; writing it with keys unchanged", args.source
+        )
     torch.save({"model": convert_official_state_dict(state_dict)}, args.target)
     logger.info("wrote %s (%d entries)", args.target, len(state_dict))
 

@@ -71,7 +71,9 @@ def summarise(model: nn.Module) -> List[Dict[str, object]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--random-init", action="store_true", help="random CLIP weights (no download)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")

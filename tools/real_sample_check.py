@@ -2,7 +2,8 @@
 """Real-data check: train the tiny SCORE on a small real COCO set and evaluate on the same images.
 
     python tools/real_sample_check.py --images ../shared/data/nwpu_vhr10_sample/images \\
-        --annotations ../shared/data/nwpu_vhr10_sample/instances.json --iters 400 --output-dir output/real_check
+        --annotations ../shared/data/nwpu_vhr10_sample/instances.json \\
+        --iters 400 --output-dir output/real_check
 
 By default it uses the NWPU VHR-10 sample that sits beside the project
 (research-use data: read in place, never copied). The set is registered
@@ -40,7 +41,9 @@ def total_losses(metrics_file: Path) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", default=str(SAMPLE / "images"))
     parser.add_argument("--annotations", default=str(SAMPLE / "instances.json"))
     parser.add_argument("--config-file", default=str(REPO / "configs" / "tiny" / "score_tiny_isaid.yaml"))
@@ -55,13 +58,20 @@ def main() -> None:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(
         [
-            "DATASETS.TRAIN", f"('{DATASET}',)",
-            "DATASETS.TEST", f"('{DATASET}',)",
-            "MODEL.SCORE.TRAIN_VOCABULARY", str(list(NWPU_CLASSES)),
-            "SOLVER.MAX_ITER", str(args.iters),
-            "SOLVER.STEPS", f"({int(args.iters * 0.9)}, {int(args.iters * 0.95)})",
-            "SOLVER.CHECKPOINT_PERIOD", str(args.iters * 10),
-            "OUTPUT_DIR", args.output_dir,
+            "DATASETS.TRAIN",
+            f"('{DATASET}',)",
+            "DATASETS.TEST",
+            f"('{DATASET}',)",
+            "MODEL.SCORE.TRAIN_VOCABULARY",
+            str(list(NWPU_CLASSES)),
+            "SOLVER.MAX_ITER",
+            str(args.iters),
+            "SOLVER.STEPS",
+            f"({int(args.iters * 0.9)}, {int(args.iters * 0.95)})",
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(args.iters * 10),
+            "OUTPUT_DIR",
+            args.output_dir,
         ]  # fmt: skip
         + args.opts
     )

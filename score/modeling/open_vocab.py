@@ -28,7 +28,9 @@ def mask_pool(features: Tensor, mask_logits: Tensor, soft_slope: Optional[float]
     sum + 1e-8, so an empty mask pools to zeros.
     """
     if mask_logits.shape[-2:] != features.shape[-2:]:
-        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        mask_logits = F.interpolate(
+            mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
     if soft_slope is None:
         weights = (mask_logits.detach() > 0).float()
     else:

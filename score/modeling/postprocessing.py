@@ -17,7 +17,10 @@ __all__ = ["instance_inference", "resize_mask_logits"]
 
 
 def resize_mask_logits(
-    mask_logits: Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]
+    mask_logits: Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
 ) -> Tensor:
     """(R, h, w) head logits -> (R, H, W): upsample to the padded input, crop the padding, resize.
 
@@ -53,7 +56,7 @@ def instance_inference(
     probability inside the binary mask. Only the masks of the picked queries
     are resized to the image, once per distinct query.
     """
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     scores = class_logits.softmax(-1)[:, :num_classes]
     k = min(max_detections, scores.numel())
     top_scores, top_index = scores.flatten().topk(k, sorted=False)

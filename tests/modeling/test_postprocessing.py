@@ -28,26 +28,43 @@ def test_topk_classes_masks_scores_and_boxes():
     class_logits = torch.randn(6, 4)  # 6 queries, 3 classes + void
     mask_logits = torch.randn(6, 8, 10)
     result = instance_inference(
-        class_logits, mask_logits, padded_size=(32, 40), image_size=(30, 37), output_size=(45, 50), max_detections=5
+        class_logits,
+        mask_logits,
+        padded_size=(32, 40),
+        image_size=(30, 37),
+        output_size=(45, 50),
+        max_detections=5,
     )
     assert isinstance(result, Instances) and result.image_size == (45, 50) and len(result) == 5
     assert result.pred_masks.dtype == torch.bool and result.pred_masks.shape == (5, 45, 50)
     expected = _direct(class_logits, mask_logits, (32, 40), (30, 37), (45, 50), 5)
-    got = sorted(zip(result.pred_classes.tolist(), result.scores.tolist(), result.pred_masks), key=lambda t: -t[1])
+    got = sorted(
+        zip(result.pred_classes.tolist(), result.scores.tolist(), result.pred_masks), key=lambda t: -t[1]
+    )
     expected = sorted(expected, key=lambda t: -t[1])
     for (c, s, m), (ec, es, em) in zip(got, expected):
         assert c == ec and abs(s - es) < 1e-5 and torch.equal(m, em)
     for box, mask in zip(result.pred_boxes.tensor, result.pred_masks):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         if len(ys):
-            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+            assert box.tolist() == [
+                xs.min().item(),
+                ys.min().item(),
+                xs.max().item() + 1,
+                ys.max().item() + 1,
+            ]
 
 
 def test_fewer_pairs_than_detections_and_empty_masks():
     class_logits = torch.randn(2, 3)
     mask_logits = torch.full((2, 4, 4), -5.0)  # no positive pixel anywhere
     result = instance_inference(
-        class_logits, mask_logits, padded_size=(16, 16), image_size=(16, 16), output_size=(16, 16), max_detections=300
+        class_logits,
+        mask_logits,
+        padded_size=(16, 16),
+        image_size=(16, 16),
+        output_size=(16, 16),
+        max_detections=300,
     )
     assert len(result) == 4  # Q x K = 2 x 2
     assert not result.pred_masks.any()

@@ -419,5 +419,7 @@ def test_separable_and_chained_dilation_equal_direct_max_pool():
     direct = [F.max_pool2d(masks, kernel_size=k, stride=1, padding=k // 2) for k in kernels]
     for k, expected in zip(kernels, direct):
         assert torch.equal(_dilate(masks, k), expected)
-    for got, expected in zip(_dilate_all(masks, [7, 3, 13, 5, 11, 9]), [direct[i] for i in (2, 0, 5, 1, 4, 3)]):
+    for got, expected in zip(
+        _dilate_all(masks, [7, 3, 13, 5, 11, 9]), [direct[i] for i in (2, 0, 5, 1, 4, 3)]
+    ):
         assert torch.equal(got, expected)
