@@ -13,6 +13,9 @@ import argparse
 import logging
 from typing import Dict, List, Tuple
 
+import score  # noqa: F401  (detectron2 compatibility shims first, then every registration)
+
+# isort: split
 from detectron2.modeling import build_model
 from tabulate import tabulate
 from torch import nn
