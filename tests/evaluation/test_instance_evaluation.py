@@ -288,27 +288,3 @@ def test_out_of_range_class_is_an_error(dataset):
     image_id, objects = next(iter(gt.items()))
     with pytest.raises(ValueError, match="has class 10"):
         _run(name, {image_id: [(objects[0][0], 10, 0.5)]}, backend="pycocotools")
-
-
-def test_batched_rle_conversion_equals_detectron2s():
-
-    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-    from detectron2.structures import BitMasks, Instances
-
-    from score.evaluation.instance_evaluation import instances_to_coco_results
-
-    g = torch.Generator().manual_seed(0)
-    masks = torch.rand(30, 64, 80, generator=g) > 0.7
-    instances = Instances((64, 80))
-    instances.pred_masks = masks
-    instances.pred_boxes = BitMasks(masks).get_bounding_boxes()
-    instances.scores = torch.rand(30, generator=g)
-    instances.pred_classes = torch.randint(0, 5, (30,), generator=g)
-    ours = instances_to_coco_results(instances, image_id=7)
-    reference = instances_to_coco_json(instances, 7)
-    assert len(ours) == len(reference) == 30
-    for a, b in zip(ours, reference):
-        assert a["segmentation"] == b["segmentation"]
-        assert a["category_id"] == b["category_id"] and a["image_id"] == b["image_id"] == 7
-        assert a["bbox"] == pytest.approx(b["bbox"]) and a["score"] == pytest.approx(b["score"])
-    assert instances_to_coco_results(instances[:0], image_id=7) == []
