@@ -178,24 +178,21 @@ class SCORE(nn.Module):
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
         )
 
-        cache_dir = score_cfg.TEXT_CLASSIFIER_CACHE_DIR or None
-        text_classifiers = TextClassifierBank(
-            backbone.encode_text,
-            cache_key=classifier_cache_key(
-                score_cfg.CLIP_MODEL_NAME,
-                weights_fingerprint(score_cfg.CLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP),
-            ),
-            cache_dir=cache_dir,
+        def text_bank(encode_text, model_name: str, weights: str) -> TextClassifierBank:
+            fingerprint = weights_fingerprint(weights, score_cfg.RANDOM_INIT_CLIP)
+            return TextClassifierBank(
+                encode_text,
+                cache_key=classifier_cache_key(model_name, fingerprint),
+                cache_dir=score_cfg.TEXT_CLASSIFIER_CACHE_DIR or None,
+            )
+
+        text_classifiers = text_bank(
+            backbone.encode_text, score_cfg.CLIP_MODEL_NAME, score_cfg.CLIP_PRETRAINED_WEIGHTS
         )
         context_text_classifiers = None
         if context_encoder is not None and score_cfg.OUT_VOCAB_SOURCE == "rsclip":
-            context_text_classifiers = TextClassifierBank(
-                context_encoder.encode_text,
-                cache_key=classifier_cache_key(
-                    score_cfg.RSCLIP_MODEL_NAME,
-                    weights_fingerprint(score_cfg.RSCLIP_PRETRAINED_WEIGHTS, score_cfg.RANDOM_INIT_CLIP),
-                ),
-                cache_dir=cache_dir,
+            context_text_classifiers = text_bank(
+                context_encoder.encode_text, score_cfg.RSCLIP_MODEL_NAME, score_cfg.RSCLIP_PRETRAINED_WEIGHTS
             )
         return {
             "backbone": backbone,
