@@ -362,7 +362,7 @@ class SCORE(nn.Module):
             dense = context.dense
             embeddings = mask_pool(dense, mask_logits.to(dense.dtype)).float()
             classifier, num_synonyms = self.vocabulary_classifier(self.context_text_classifiers)
-            logit_scale = self.context_encoder.logit_scale
+            logit_scale = self.context_encoder.clip_model.logit_scale
         void = F.normalize(self.void_embedding.weight, dim=-1)
         classifier = torch.cat([classifier, void.to(classifier.dtype)], dim=0)
         logits = classification_logits(embeddings.float(), classifier, logit_scale.float(), num_synonyms)
