@@ -7,7 +7,7 @@ several seeds, evaluates each run on the listed synthetic test splits, and
 writes mean and spread per variant as a markdown table.
 
     python tools/context_check.py --root output/context_check --seeds 0 1 2 \\
-        --iters 300 --output docs/context_check.md
+        --iters 300 --jobs 2 --output context_check.md
 
 Each run is ``train_net.py --config-file <variant config> SEED s
 SOLVER.MAX_ITER n`` with DATASETS.TEST set to the test splits; the synthetic
@@ -19,6 +19,7 @@ separate them and one that does not must guess.
 """
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import os
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300, help="training iterations per run")
     parser.add_argument("--tests", nargs="+", default=["isaid_val_instance", "nwpu_val_instance"])
     parser.add_argument("--output", default=None, help="write the markdown table here too")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (each then gets one thread, OMP_NUM_THREADS=1)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[context_check] %(message)s")
 
@@ -98,12 +102,18 @@ def main() -> None:
             env=env,
         )
 
-    results: Dict[str, List[Dict[str, float]]] = {}
-    for name, config in VARIANTS.items():
-        for seed in args.seeds:
+    if args.jobs > 1:
+        env["OMP_NUM_THREADS"] = "1"
+    runs = [(name, config, seed) for name, config in VARIANTS.items() for seed in args.seeds]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {}
+        for name, config, seed in runs:
             out = root / f"{Path(config).stem}_seed{seed}"
             out.mkdir(parents=True, exist_ok=True)
-            results.setdefault(name, []).append(run(config, seed, args.iters, args.tests, out, env))
+            futures[(name, seed)] = pool.submit(run, config, seed, args.iters, args.tests, out, env)
+        results: Dict[str, List[Dict[str, float]]] = {}
+        for (name, seed), future in futures.items():
+            results.setdefault(name, []).append(future.result())
             logger.info("%s seed %d: %s", name, seed, results[name][-1])
 
     header = "| variant | " + " | ".join(f"{t} AP (mean ± sd)" for t in args.tests) + " | per seed |"
