@@ -93,8 +93,8 @@ def test_full_model_parameter_counts(full_model):
 def test_an_authors_layout_checkpoint_loads(full_model, tmp_path):
     """Our own weights renamed to the authors' layout load back through SCORECheckpointer."""
     ours = full_model.state_dict()
-    inverse = {v: k for k, v in convert_official_state_dict({k: k for k in _official_entries()}).items()}
-    official = {inverse[k]: v.clone() for k, v in ours.items() if k in inverse}
+    to_official = convert_official_state_dict({k: k for k in _official_entries()})  # ours -> authors'
+    official = {to_official[k]: v.clone() for k, v in ours.items() if k in to_official}
     torch.save({"model": official}, tmp_path / "official.pth")
     with torch.no_grad():
         for p in full_model.sem_seg_head.parameters():
@@ -102,5 +102,9 @@ def test_an_authors_layout_checkpoint_loads(full_model, tmp_path):
         full_model.gca.attn.in_proj_weight.zero_()
     SCORECheckpointer(full_model).load(str(tmp_path / "official.pth"))
     restored = full_model.state_dict()
-    for key in ("gca.attn.in_proj_weight", "sem_seg_head.predictor.rai.lambda_weight"):
-        assert torch.equal(restored[key], official[inverse[key]])
+    for key in (
+        "gca.attn.in_proj_weight",
+        "sem_seg_head.predictor.rai.lambda_weight",
+        "sem_seg_head.predictor.query_feat.weight",
+    ):
+        assert torch.equal(restored[key], official[to_official[key]])
