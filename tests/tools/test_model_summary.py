@@ -18,6 +18,7 @@ def test_model_summary_on_the_tiny_config():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split("|")[2].strip(): line for line in done.stdout.splitlines() if line.count("|") > 5}
-    assert {"backbone.clip_model", "context_encoder.clip_model", "sem_seg_head.predictor.rai", "gca"} <= set(rows)
+    branches = {"backbone.clip_model", "context_encoder.clip_model", "sem_seg_head.predictor.rai", "gca"}
+    assert branches <= set(rows)
     frozen_tower = [c.strip() for c in rows["backbone.clip_model"].split("|")]
     assert frozen_tower[4] == "0"  # trainable parameters of the frozen CLIP
