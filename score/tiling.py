@@ -27,8 +27,11 @@ class from different tiles are one object when
   beyond) >= ``match_threshold``. This joins pieces when tiles do not overlap
   (O = 0) or when an object is cut by both tiles' borders.
 
-A match is replaced by the union of the masks (box = union of boxes) with the
-higher score; a piece that matches several instances joins them all. An
+Only pieces of different tiles merge, and a merged object never holds two
+instances of one tile, neither directly nor through a chain of tiles: a new
+piece takes its matches best first and skips any that shares a tile with
+what it has already joined. A match is replaced by the union of the masks
+(box = union of boxes) with the higher score. An
 instance whose box ends above the current row of tiles can match nothing
 any more and leaves the working set, which keeps the pairwise checks to the
 neighbourhood of the current tile.
@@ -318,17 +321,19 @@ class TileMerger:
         self._done: List[SceneInstance] = []
         self._next_id = 0
 
-    def _same_object(self, a: SceneInstance, b: SceneInstance, window: Box) -> bool:
-        if a.category != b.category or not _near(a.box, b.box) or a.windows == [window]:
-            return False
-        if _overlap_ratio(a, b, window) >= self.match_threshold:
-            return True
+    def _match_ratio(self, a: SceneInstance, b: SceneInstance, window: Box) -> float:
+        """How well ``b`` (new, from ``window``) continues ``a`` across a border; 0 when they cannot merge.
+
+        ``a`` must not already hold a piece of ``window``: two instances of one
+        tile are never one object, however they are linked.
+        """
+        if a.category != b.category or not _near(a.box, b.box) or window in a.windows:
+            return 0.0
+        overlap = _overlap_ratio(a, b, window)
         # Only a's windows next to b can carry a contact (an object may span many tiles).
-        a_windows = [w for w in a.windows if w != window and _near(w, b.box)]
-        return (
-            _contact_ratio(a, b, a_windows) >= self.match_threshold
-            or _contact_ratio(b, a, [window]) >= self.match_threshold
-        )
+        a_windows = [w for w in a.windows if _near(w, b.box)]
+        contact = max(_contact_ratio(a, b, a_windows), _contact_ratio(b, a, [window]))
+        return max(overlap, contact)
 
     def add(self, window: Box, instances: Sequence[SceneInstance]) -> None:
         """Add the instances found in ``window``; windows must come in row-major order."""
@@ -340,10 +345,20 @@ class TileMerger:
         reach = (window[0] - 1, window[1] - 1, window[2] + 1, window[3] + 1)
         candidates = {key: inst for key, inst in self._active.items() if _near(inst.box, reach)}
         for inst in instances:
-            matches = [key for key, other in candidates.items() if self._same_object(other, inst, window)]
-            if matches:
-                inst = _union([candidates.pop(key) for key in matches] + [inst])
-                for key in matches:
+            ratios = {key: self._match_ratio(other, inst, window) for key, other in candidates.items()}
+            # Best match first; a match is taken only when it shares no tile with what is already joined,
+            # so a merged object never holds two pieces of one tile (not even through a chain of tiles).
+            ranked = sorted(
+                (key for key, r in ratios.items() if r >= self.match_threshold), key=lambda k: -ratios[k]
+            )
+            group, tiles = [], set(inst.windows)
+            for key in ranked:
+                if tiles.isdisjoint(candidates[key].windows):
+                    group.append(key)
+                    tiles.update(candidates[key].windows)
+            if group:
+                inst = _union([candidates.pop(key) for key in group] + [inst])
+                for key in group:
                     del self._active[key]
             key = self._next_id
             self._next_id += 1

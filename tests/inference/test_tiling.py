@@ -191,3 +191,39 @@ def test_merger_rejects_a_bad_threshold_and_array_reader_checks_shape():
         TileMerger(match_threshold=0.0)
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         ArrayReader(np.zeros((10, 10), dtype=np.uint8))
+
+
+def piece(window, x0, y0, x1, y1, category=0, confidence=0.9):
+    """A rectangular instance of one tile (scene coordinates)."""
+    return SceneInstance(category, confidence, (x0, y0, x1, y1), np.ones((y1 - y0, x1 - x0), bool), [window])
+
+
+def holds(inst: SceneInstance, x: int, y: int) -> bool:
+    x0, y0, x1, y1 = inst.box
+    return x0 <= x < x1 and y0 <= y < y1 and bool(inst.mask[y - y0, x - x0])
+
+
+def test_two_instances_of_one_tile_are_never_merged():
+    # The repro: one piece in tile A; tile B sees it split in two (upper, lower) instances.
+    a, b = (0, 0, 20, 10), (10, 0, 30, 10)
+    merger = TileMerger()
+    merger.add(a, [piece(a, 10, 0, 20, 10)])
+    merger.add(b, [piece(b, 10, 0, 25, 5), piece(b, 10, 5, 25, 10)])
+    result = merger.finish()
+    assert len(result) == 2
+    assert not any(holds(inst, 22, 2) and holds(inst, 22, 7) for inst in result)
+    assert sum(holds(inst, 12, 2) for inst in result) == 1
+
+
+def test_a_chain_across_three_tiles_does_not_join_two_instances_of_one_tile():
+    # Tile A has two objects a1 (top), a2 (bottom); B continues a1 only; C is one piece touching
+    # both the a1 + B object (overlap with B) and a2 (contact across A's right border).
+    a, b, c = (0, 0, 20, 10), (10, 0, 30, 10), (20, 0, 40, 10)
+    merger = TileMerger()
+    merger.add(a, [piece(a, 12, 0, 20, 4), piece(a, 12, 6, 20, 10)])
+    merger.add(b, [piece(b, 12, 0, 30, 4)])
+    merger.add(c, [piece(c, 20, 0, 40, 10)])
+    result = merger.finish()
+    assert not any(holds(inst, 13, 1) and holds(inst, 13, 8) for inst in result)
+    assert all(len(inst.windows) == len(set(inst.windows)) for inst in result)
+    assert sum(holds(inst, 13, 1) for inst in result) == 1 and sum(holds(inst, 13, 8) for inst in result) == 1
