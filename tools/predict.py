@@ -31,11 +31,13 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+from affine import Affine
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from score.config import get_score_cfg
+from score.engine import adapt_cfg_to_device
 from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, write_geojson
 from score.predictor import SCOREPredictor, coco_annotations, display_name, draw_instances, parse_vocabulary
 from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tiled_inference
@@ -80,6 +82,11 @@ def get_parser() -> argparse.ArgumentParser:
         choices=["raster", "wgs84"],
         default="raster",
         help="GeoJSON coordinates in the raster's CRS (with a 'crs' member) or WGS84 (RFC 7946)",
+    )
+    parser.add_argument(
+        "--pixel-geojson",
+        action="store_true",
+        help="for a TIFF without a CRS, write GeoJSON in pixel coordinates (x = column, y = row)",
     )
     parser.add_argument("--vis-max-size", type=int, default=2048, help="longest side of the overlay pictures")
     parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
@@ -147,7 +154,22 @@ def needs_tiling(height: int, width: int, min_size: int, max_size: int) -> bool:
     return min(min_size / min(height, width), max_size / max(height, width)) < 0.5
 
 
-def predict_scene(predictor: SCOREPredictor, reader, args, cfg) -> Tuple[List[SceneInstance], bool]:
+class BestScore:
+    """A predictor that remembers the best score it returned (to explain an empty result)."""
+
+    def __init__(self, predictor: SCOREPredictor):
+        self.predictor = predictor
+        self.best: Optional[float] = None
+
+    def __call__(self, image: np.ndarray):
+        instances = self.predictor(image)
+        if len(instances):
+            best = float(instances.scores.max())
+            self.best = best if self.best is None else max(self.best, best)
+        return instances
+
+
+def predict_scene(predictor, reader, args, cfg) -> Tuple[List[SceneInstance], bool]:
     """Instances of one scene (tiled or whole) above the confidence threshold, and whether it was tiled."""
     tiled = args.tiling == "always" or (
         args.tiling == "auto"
@@ -184,8 +206,20 @@ def process_image(
 ) -> List[SceneInstance]:
     """Predict on one opened scene and write its overlay and GeoJSON; the instances (for the COCO file)."""
     start = time.perf_counter()
-    instances, tiled = predict_scene(predictor, reader, args, cfg)
+    tracked = BestScore(predictor)
+    instances, tiled = predict_scene(tracked, reader, args, cfg)
     predict_seconds = time.perf_counter() - start
+    if not instances:
+        if tracked.best is None:
+            logger.warning("%s: the model found nothing at all", image_id)
+        else:
+            logger.warning(
+                "%s: no instance at --confidence-threshold %g; the best score seen was %.3f: "
+                "lower it with --confidence-threshold",
+                image_id,
+                args.confidence_threshold,
+                tracked.best,
+            )
     predict_peak = peak_rss_mib()
     class_names = predictor.class_names
     stem = output_stem(image_id)
@@ -194,16 +228,23 @@ def process_image(
         overlay = draw_instances(view, instances, class_names, scale)
         os.makedirs(os.path.join(args.output, "visualizations"), exist_ok=True)
         cv2.imwrite(os.path.join(args.output, "visualizations", stem + ".jpg"), overlay[:, :, ::-1])
-    if isinstance(reader, GeoTiffReader) and reader.georeferenced:
-        collection = instances_to_geojson(
-            instances,
-            [display_name(n) for n in class_names],
-            transform=reader.transform,
-            crs=reader.crs,
-            to_wgs84=args.geojson_crs == "wgs84",
-            image=path,
-        )
-        write_geojson(os.path.join(args.output, "geojson", stem + ".geojson"), collection)
+    if isinstance(reader, GeoTiffReader):
+        if reader.georeferenced or args.pixel_geojson:
+            collection = instances_to_geojson(
+                instances,
+                [display_name(n) for n in class_names],
+                transform=reader.transform if reader.georeferenced else Affine.identity(),
+                crs=reader.crs,
+                to_wgs84=reader.georeferenced and args.geojson_crs == "wgs84",
+                image=path,
+            )
+            write_geojson(os.path.join(args.output, "geojson", stem + ".geojson"), collection)
+        else:
+            logger.warning(
+                "%s has no CRS: no GeoJSON written for it (its coordinates would be pixels); "
+                "--pixel-geojson writes them in pixel coordinates",
+                path,
+            )
     message = "%s: %d x %d px, %d instances, predicted in %.1f s, written in %.1f s"
     values = [image_id, reader.width, reader.height, len(instances), predict_seconds]
     values.append(time.perf_counter() - start - predict_seconds)
@@ -225,6 +266,26 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tile-overlap must be in [0, tile size), got {args.tile_overlap}")
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """Create --output and check that every path written under it can be written (before the model loads)."""
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise NotADirectoryError(f"--output {args.output} is an existing file, not a folder")
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"--output {args.output}: cannot create the folder ({error.strerror})") from error
+    if not os.access(args.output, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output {args.output}: the folder is not writable")
+    folders = ["geojson"] + ([] if args.no_vis else ["visualizations"])
+    for name in folders:
+        path = os.path.join(args.output, name)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(f"{path} is an existing file; the {name} are written in a folder there")
+    results = os.path.join(args.output, "predictions.json")
+    if os.path.isdir(results):
+        raise IsADirectoryError(f"{results} is a folder; the COCO results are written to a file there")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; 0 on success, 1 when some images could not be read, 2 on a usage error."""
     args = get_parser().parse_args(argv)
@@ -234,9 +295,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
         cfg.freeze()
+        cfg = adapt_cfg_to_device(cfg)
         given = args.vocab is not None or args.vocab_file is not None
         vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None
         paths = find_images(args.input)
+        check_output(args)
         predictor = SCOREPredictor(cfg)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
@@ -254,7 +317,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         peak_rss_mib(),
     )
 
-    os.makedirs(args.output, exist_ok=True)
     images, annotations, failed = [], [], []
     for path, image_id in tqdm(list(zip(paths, image_ids(paths))), desc="images", unit="image"):
         try:

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import rasterio
+import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
@@ -156,3 +157,100 @@ def test_tiling_rule(predict_tool):
     assert not predict_tool.needs_tiling(800, 1000, 512, 800)
     assert predict_tool.needs_tiling(1100, 1100, 512, 800)
     assert predict_tool.needs_tiling(600, 2000, 512, 800)
+
+
+@pytest.fixture
+def no_model(predict_tool, monkeypatch):
+    """Fails the test if the tool gets as far as building the model."""
+
+    def refuse(cfg):
+        raise AssertionError("the model was built before the usage error was found")
+
+    monkeypatch.setattr(predict_tool, "SCOREPredictor", refuse)
+
+
+@pytest.mark.parametrize("case", ["output_is_file", "output_uncreatable", "vis_is_file", "geojson_is_file"])
+def test_output_usage_errors_come_before_the_model(predict_tool, inputs, tmp_path, messages, no_model, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"output_is_file": blocker, "output_uncreatable": blocker / "sub"}.get(case, tmp_path / "out")
+    named = out
+    if case in ("vis_is_file", "geojson_is_file"):
+        out.mkdir()
+        named = out / case.split("_")[0].replace("vis", "visualizations")
+        named.write_text("x")
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs / "a.png"), "--output", str(out)]
+    assert predict_tool.main(argv + ["--vocab", "ship"]) == 2
+    assert any(str(named) in m for m in messages), messages
+
+
+def test_cuda_config_falls_back_to_cpu_with_a_warning(predict_tool, inputs, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: there is nothing to fall back from")
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    trainer_logger = logging.getLogger("score.engine.trainer")
+    trainer_logger.addHandler(handler)
+    try:
+        argv = [
+            "--config-file",
+            str(TINY_CONFIG),
+            "--input",
+            str(inputs / "a.png"),
+            "--output",
+            str(tmp_path),
+        ]
+        argv += ["--vocab", "ship", "--no-vis", *FAST_OPTS, "MODEL.DEVICE", "cuda"]
+        assert predict_tool.main(argv) == 0
+    finally:
+        trainer_logger.removeHandler(handler)
+    assert any("CUDA is not available" in m and "MODEL.DEVICE=cpu" in m for m in warnings), warnings
+    assert (tmp_path / "predictions.json").is_file()
+
+
+def test_tiff_without_crs_and_empty_result_are_explained(predict_tool, tmp_path, messages):
+    image = tmp_path / "plain.tif"
+    data = np.random.default_rng(2).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(data)
+    argv = [
+        "--config-file",
+        str(TINY_CONFIG),
+        "--input",
+        str(image),
+        "--vocab",
+        "ship",
+        "--no-vis",
+        *FAST_OPTS,
+    ]
+    assert predict_tool.main(["--output", str(tmp_path / "a"), "--confidence-threshold", "1", *argv]) == 0
+    assert not (tmp_path / "a" / "geojson").exists()
+    assert any("no CRS" in m and "--pixel-geojson" in m for m in messages), messages
+    assert any("best score seen" in m and "--confidence-threshold" in m for m in messages), messages
+
+    assert (
+        predict_tool.main(
+            [
+                "--output",
+                str(tmp_path / "b"),
+                "--pixel-geojson",
+                *argv[: -len(FAST_OPTS)],
+                "--confidence-threshold",
+                "0",
+                *FAST_OPTS,
+            ]
+        )
+        == 0
+    )
+    collection = json.loads((tmp_path / "b" / "geojson" / "plain.geojson").read_text())
+    assert "crs" not in collection and collection["features"]
+    for feature in collection["features"]:
+        rings = feature["geometry"]["coordinates"]
+        rings = (
+            [ring for polygon in rings for ring in polygon]
+            if feature["geometry"]["type"] != "Polygon"
+            else rings
+        )
+        points = np.array([p for ring in rings for p in ring])
+        assert (points >= 0).all() and (points <= 64).all()  # pixel corners (column, row)
