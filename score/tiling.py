@@ -392,7 +392,7 @@ def tiled_inference(
         overlap: overlap O of neighbouring windows (px), 0 <= O < T.
         score_threshold: instances below it are dropped in each tile, before merging.
         match_threshold: see :class:`TileMerger`.
-        progress: show a tqdm bar over the tiles.
+        progress: show a tqdm bar over the tiles (tiles done, detections so far before merging, ETA).
 
     Returns:
         Merged instances in scene coordinates, by decreasing score.
@@ -400,7 +400,13 @@ def tiled_inference(
     reader = ArrayReader(scene) if isinstance(scene, np.ndarray) else scene
     windows = tile_windows(reader.height, reader.width, tile_size, overlap)
     merger = TileMerger(match_threshold=match_threshold)
-    for window in tqdm(windows, desc="tiles", unit="tile", disable=not progress, leave=False):
+    bar = tqdm(windows, desc="tiles", unit="tile", disable=not progress, leave=False)
+    detections = 0
+    for window in bar:
         tile = np.ascontiguousarray(reader.read(window))
-        merger.add(window, instances_to_scene(predict(tile), window, score_threshold))
+        pieces = instances_to_scene(predict(tile), window, score_threshold)
+        merger.add(window, pieces)
+        detections += len(pieces)
+        # tqdm shows tiles done / total and the ETA; the count is of tile detections, before merging.
+        bar.set_postfix(detections=detections, refresh=False)
     return merger.finish()
