@@ -4,7 +4,7 @@
     export DETECTRON2_DATASETS=datasets_synthetic
 
 The scenes, the concept table and the layout are described in
-``score/data/synthetic.py`` and ``datasets/README.md``.
+``synthetic_world/scenes.py`` and ``datasets/README.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import time
 
 from score.data.datasets import SPLITS
-from score.data.synthetic import write_synthetic_datasets
+from synthetic_world.scenes import write_synthetic_datasets
 
 logger = logging.getLogger("make_synthetic_datasets")
 

@@ -21,7 +21,7 @@ from score.data.datasets import (
     register_all,
     register_instance_dataset,
 )
-from score.data.synthetic import write_split, write_synthetic_datasets
+from synthetic_world.scenes import write_split, write_synthetic_datasets
 
 REPO = Path(__file__).resolve().parents[2]
 SPLIT = {s.name: s for s in SPLITS}

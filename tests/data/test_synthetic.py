@@ -1,4 +1,4 @@
-"""The synthetic-data generator (score/data/synthetic.py and tools/make_synthetic_datasets.py)."""
+"""The synthetic-data generator (synthetic_world/scenes.py and tools/make_synthetic_datasets.py)."""
 
 import score  # noqa: F401, I001  (first: its shims let detectron2.data import on numpy>=1.24, Pillow>=10)
 
@@ -13,7 +13,7 @@ import pytest
 from detectron2.structures import polygons_to_bitmask
 
 from score.data.datasets import FAST_CLASSES, ISAID_CLASSES, SPLITS
-from score.data.synthetic import (
+from synthetic_world.scenes import (
     CONCEPTS,
     draw_object,
     draw_surround,

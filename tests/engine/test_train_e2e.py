@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """Synthetic iSAID training and NWPU test splits, small images; DETECTRON2_DATASETS points at them."""
-    from score.data.synthetic import write_synthetic_datasets
+    from synthetic_world.scenes import write_synthetic_datasets
 
     root = tmp_path_factory.mktemp("datasets")
     write_synthetic_datasets(

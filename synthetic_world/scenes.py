@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .datasets import SPLITS, SplitSpec, canonical_class_name
+from score.data.datasets import SPLITS, SplitSpec, canonical_class_name
 
 __all__ = [
     "CONCEPTS",

@@ -1,0 +1,18 @@
+"""Synthetic aerial scenes for demos and tests: data tooling beside the runtime package.
+
+``import score`` does not load this package; the dataset writer
+(``tools/make_synthetic_datasets.py``), the tiny-world CLIP pretraining
+(``tools/pretrain_tiny_clip.py``) and the tests import it.
+"""
+
+from .scenes import (  # noqa: F401
+    CONCEPTS,
+    Recipe,
+    draw_object,
+    draw_surround,
+    recipe_for,
+    render_image,
+    surround_radius,
+    write_split,
+    write_synthetic_datasets,
+)
