@@ -78,6 +78,47 @@ def _dilate_all(mask_logits: Tensor, kernels: Sequence[int]) -> List[Tensor]:
     return [dilated[k] for k in kernels]
 
 
+def _mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int]) -> Tensor:
+    """Reference Gumbel mixture sum_k w_k * dilate_k(M): (B, Q, H, W), weights (n,) -> (B, Q, H, W)."""
+    return sum(w * m for w, m in zip(weights, _dilate_all(mask_logits, kernels)))
+
+
+class _MixedDilation(torch.autograd.Function):
+    """``_mix_dilations`` whose graph keeps only its two inputs, recomputed in backward.
+
+    Under autograd the reference keeps every padded copy and every element-wise
+    maximum of the six max filters (about 40 full-size tensors per call, and
+    RAI runs once per decoder layer); this keeps M and the weights and rebuilds
+    the graph of one call at a time in backward (activation checkpointing).
+    The backward runs the reference's own graph, so values and gradients are
+    bit-identical to it, ties included. It costs one more forward of the filters.
+    """
+
+    @staticmethod
+    def forward(ctx, mask_logits: Tensor, weights: Tensor, kernels: Tuple[int, ...]) -> Tensor:
+        ctx.kernels = kernels
+        ctx.save_for_backward(mask_logits, weights)
+        return _mix_dilations(mask_logits, weights, kernels)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mask_logits, weights = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:2]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(n) for t, n in zip((mask_logits, weights), needs)]
+            out = _mix_dilations(inputs[0], inputs[1], ctx.kernels)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
+        return tuple(next(grads) if n else None for n in needs) + (None,)
+
+
+def mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int]) -> Tensor:
+    """Gumbel mixture sum_k w_k * dilate_k(M), through ``_MixedDilation`` when a gradient is needed."""
+    if torch.is_grad_enabled() and (mask_logits.requires_grad or weights.requires_grad):
+        return _MixedDilation.apply(mask_logits, weights, tuple(kernels))
+    return _mix_dilations(mask_logits, weights, kernels)
+
+
 def _single_token_attention(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
     """Self-attention of sequences of one token: (S, 1, D) -> (S, 1, D), batch-first.
 
@@ -311,9 +352,7 @@ class RegionAwareIntegration(nn.Module):
         if self.dilation == "gumbel":
             if self.in_gumbel_phase:
                 weights = F.gumbel_softmax(self.kernel_logits, tau=self.gumbel_tau, hard=False)
-                candidates = _dilate_all(mask_logits, self.kernel_candidates)
-                dilated = sum(w * m for w, m in zip(weights, candidates))
-                return dilated, True
+                return mix_dilations(mask_logits, weights, self.kernel_candidates), True
             return _dilate(mask_logits, self.current_kernel()).detach(), False
         # "paper": interpolate between the two odd kernels around the real k so
         # that delta gets a gradient (docs/DESIGN.md, RAI).

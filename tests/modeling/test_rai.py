@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from score.config import get_score_cfg
-from score.modeling.rai import RegionAwareIntegration, build_rai
+from score.modeling.rai import (
+    RegionAwareIntegration,
+    _mix_dilations,
+    _MixedDilation,
+    build_rai,
+    mix_dilations,
+)
 
 D = 16
 KERNELS = (3, 5, 7, 9, 11, 13)
@@ -423,3 +429,62 @@ def test_separable_and_chained_dilation_equal_direct_max_pool():
         _dilate_all(masks, [7, 3, 13, 5, 11, 9]), [direct[i] for i in (2, 0, 5, 1, 4, 3)]
     ):
         assert torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------- low-memory Gumbel mixture
+
+
+def _mixture_inputs(seed: int = 0):
+    torch.manual_seed(seed)
+    mask = torch.randn(2, 3, 17, 13, requires_grad=True)
+    weights = torch.rand(6).softmax(0).requires_grad_(True)
+    return mask, weights
+
+
+def test_mixed_dilation_matches_reference_and_max_pool2d_bitwise():
+    kernels = (3, 5, 7, 9, 11, 13)
+    mask, weights = _mixture_inputs()
+    upstream = torch.randn(2, 3, 17, 13)
+    reference = _mix_dilations(mask, weights, kernels)
+    ref_grads = torch.autograd.grad(reference, [mask, weights], upstream)
+    got = mix_dilations(mask, weights, kernels)
+    new_grads = torch.autograd.grad(got, [mask, weights], upstream)
+    assert torch.equal(got, reference)
+    for new, ref in zip(new_grads, ref_grads):
+        assert torch.equal(new, ref)
+    pooled = sum(w * F.max_pool2d(mask, k, stride=1, padding=k // 2) for w, k in zip(weights, kernels))
+    pool_grads = torch.autograd.grad(pooled, [mask, weights], upstream)
+    torch.testing.assert_close(got, pooled)
+    for new, ref in zip(new_grads, pool_grads):
+        torch.testing.assert_close(new, ref)
+
+
+def test_mixed_dilation_keeps_only_its_inputs_for_backward():
+    kernels = (3, 5, 7, 9, 11, 13)
+    mask, weights = _mixture_inputs()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        mix_dilations(mask, weights, kernels)
+    assert sum(saved) == mask.numel() + weights.numel()
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        _mix_dilations(mask, weights, kernels)
+    assert sum(saved) > 10 * mask.numel()
+
+
+def test_mixed_dilation_gradient_to_one_input_only():
+    mask, weights = _mixture_inputs()
+    (grad_mask,) = torch.autograd.grad(mix_dilations(mask, weights.detach(), (3, 7)).sum(), [mask])
+    (ref,) = torch.autograd.grad(_mix_dilations(mask, weights.detach(), (3, 7)).sum(), [mask])
+    assert torch.equal(grad_mask, ref)
+    (grad_w,) = torch.autograd.grad(mix_dilations(mask.detach(), weights, (3, 7)).sum(), [weights])
+    (ref_w,) = torch.autograd.grad(_mix_dilations(mask.detach(), weights, (3, 7)).sum(), [weights])
+    assert torch.equal(grad_w, ref_w)
+
+
+def test_gumbel_phase_uses_the_low_memory_mixture(monkeypatch):
+    rai = make_rai().train()
+    calls = []
+    monkeypatch.setattr(_MixedDilation, "apply", lambda *a: calls.append(a) or _mix_dilations(*a))
+    rai.dilate(torch.randn(1, 2, 9, 9, requires_grad=True))
+    assert len(calls) == 1
