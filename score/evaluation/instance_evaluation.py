@@ -136,6 +136,39 @@ def evaluate_coco(
     return coco_eval
 
 
+def _no_detection_eval(coco_gt: COCO, iou_type: str, img_ids: Optional[Sequence[int]]) -> Any:
+    """What an accumulated COCOeval holds when nothing was detected: precision 0, -1 without ground truth.
+
+    pycocotools cannot load an empty result list; with no detection every
+    class that has (non-crowd) ground truth in an area range has precision 0
+    there, so its AP is 0 rather than undefined.
+    """
+    from types import SimpleNamespace
+
+    from pycocotools.cocoeval import Params
+
+    params = Params(iouType=iou_type)
+    params.catIds = sorted(coco_gt.getCatIds())
+    ids = set(coco_gt.getImgIds() if img_ids is None else img_ids)
+    precision = -np.ones(
+        (
+            len(params.iouThrs),
+            len(params.recThrs),
+            len(params.catIds),
+            len(params.areaRng),
+            len(params.maxDets),
+        )
+    )
+    for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(ids))):
+        if ann.get("iscrowd", 0):
+            continue
+        k = params.catIds.index(ann["category_id"])
+        for a, (lo, hi) in enumerate(params.areaRng):
+            if lo <= ann["area"] <= hi:
+                precision[:, :, k, a, :] = 0.0
+    return SimpleNamespace(params=params, eval={"precision": precision})
+
+
 def _mean_valid(precision: np.ndarray) -> float:
     """Mean of the entries > -1 (-1 marks a class without ground truth), in percent; NaN if none."""
     valid = precision[precision > -1]
@@ -282,6 +315,11 @@ class InstanceSegEvaluator(COCOEvaluator):
             self._logger.info("Annotations are not available for evaluation.")
             return
 
+        if not self._coco_api.getAnnIds():
+            raise ValueError(
+                f"{self._dataset_name}: the annotation file {self._metadata.get('json_file', None)} has no "
+                "ground-truth annotation; AP is undefined (predict with tools/predict.py instead)"
+            )
         report: dict[str, Any] = {
             "dataset": self._dataset_name,
             "num_images": len(predictions),
@@ -303,8 +341,11 @@ class InstanceSegEvaluator(COCOEvaluator):
                 )
                 summary = summarize_precision(coco_eval, self._class_names(coco_eval), self._seen_flags)
             else:
-                self._logger.warning("No detections on %s: every %s metric is NaN", self._dataset_name, task)
-                summary = {name: float("nan") for name, _, _ in _SUMMARY_METRICS}
+                self._logger.warning(
+                    "No detections on %s: %s AP 0 for every class with ground truth", self._dataset_name, task
+                )
+                coco_eval = _no_detection_eval(self._coco_api, task, img_ids)
+                summary = summarize_precision(coco_eval, self._class_names(coco_eval), self._seen_flags)
             self._log_summary(task, summary)
             report[task] = summary
             self._results[task] = self._flat_metrics(summary)
