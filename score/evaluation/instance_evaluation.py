@@ -299,6 +299,32 @@ class InstanceSegEvaluator(COCOEvaluator):
                 f"{len(seen_flags)} seen flags for the {len(class_names)} classes of {dataset_name}"
             )
         self._seen_flags = None if seen_flags is None else [bool(f) for f in seen_flags]
+        self._renumber_annotation_ids()
+
+    def _renumber_annotation_ids(self) -> None:
+        """Annotation ids 1..N when the file has an id 0 or a repeated id (warned).
+
+        COCO matching marks a ground truth as taken by its id, and id 0 reads as
+        "unmatched": a prediction can never claim it (the public NWPU VHR-10 val
+        file has one); repeated ids collide the same way.
+        """
+        if not self._do_evaluation:
+            return
+        anns = self._coco_api.dataset.get("annotations", [])
+        ids = [a.get("id") for a in anns]
+        if 0 not in ids and len(set(ids)) == len(ids):
+            return
+        self._logger.warning(
+            "%s: annotation ids include 0 or repeats (%d ids, %d distinct); renumbered 1..%d for matching",
+            self._dataset_name,
+            len(ids),
+            len(set(ids)),
+            len(ids),
+        )
+        for new_id, ann in enumerate(anns, start=1):
+            ann["id"] = new_id
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._coco_api.createIndex()
 
     def _eval_predictions(self, predictions: list[dict], img_ids: Optional[Sequence[int]] = None) -> None:
         """Fill ``self._results`` with one metrics dict per task and write ``results.json``."""

@@ -306,3 +306,22 @@ def test_test_set_without_ground_truth_is_an_error(dataset, tmp_path):
             _run(other, {i: [] for i in gt}, backend="pycocotools")
     finally:
         MetadataCatalog.remove(other)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_annotation_id_0_is_renumbered_so_ground_truth_scores_100(dataset, tmp_path, backend):
+    name, gt, json_file = dataset
+    coco = json.loads(open(json_file).read())
+    coco["annotations"][0]["id"] = 0
+    coco["annotations"][2]["id"] = coco["annotations"][1]["id"]
+    renamed = tmp_path / "id0.json"
+    renamed.write_text(json.dumps(coco))
+    other = name + "_id0"
+    values = {k: v for k, v in MetadataCatalog.get(name).as_dict().items() if k != "name"}
+    MetadataCatalog.get(other).set(**dict(values, json_file=str(renamed)))
+    preds = {i: [(m, k, 0.9) for m, k in objects] for i, objects in gt.items()}
+    try:
+        segm = _run(other, preds, backend=backend)["segm"]
+    finally:
+        MetadataCatalog.remove(other)
+    assert segm["AP"] == pytest.approx(100.0)
