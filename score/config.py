@@ -10,6 +10,8 @@ yaml in ``configs/`` says so.
 
 from __future__ import annotations
 
+import os
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_maskformer2_config", "add_score_config", "get_score_cfg"]
@@ -189,6 +191,15 @@ def add_score_config(cfg: CN) -> None:
     # faster one in tools/benchmark_coco_eval.py), "pycocotools" (the official
     # API) or "detectron2" (its C++ COCOeval_opt; needs detectron2's extension).
     cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
+
+    # --- Dataset validation (score/data/validation.py), run on every training
+    # and test split before the first iteration. False: a bad record (missing,
+    # truncated or wrongly sized image, annotation without a usable mask) stops
+    # the run with the list of all of them; True: they are dropped and counted.
+    cfg.DATASETS.DROP_INVALID = False
+    # Folder of the validation cache (one file per annotation file, keyed by its
+    # size and mtime); "" turns the cache off.
+    cfg.DATASETS.VALIDATION_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "score", "validation")
 
 
 def get_score_cfg() -> CN:

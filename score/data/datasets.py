@@ -194,7 +194,9 @@ def load_instance_json(
     scratch = f"__score_file_categories__/{name}"
     MetadataCatalog.pop(scratch, None)
     try:
-        dicts = load_coco_json(json_file, image_root, dataset_name=scratch)
+        # The annotation ids travel along so that the validation
+        # (score/data/validation.py) can name bad annotations.
+        dicts = load_coco_json(json_file, image_root, dataset_name=scratch, extra_annotation_keys=["id"])
         file_meta = MetadataCatalog.get(scratch)
         file_classes = list(file_meta.thing_classes)
         id_map = dict(file_meta.thing_dataset_id_to_contiguous_id)

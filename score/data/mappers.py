@@ -29,6 +29,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks
 
+from .validation import annotation_problem
+
 __all__ = [
     "TRAIN_MAPPERS",
     "SCOREInstanceLSJMapper",
@@ -131,6 +133,7 @@ class SCOREInstanceLSJMapper:
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused every epoch
         image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
+        source_hw = image.shape[:2]
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
@@ -141,7 +144,9 @@ class SCOREInstanceLSJMapper:
         annos = [
             utils.transform_instance_annotations(obj, transforms, image_shape)
             for obj in dataset_dict.pop("annotations", [])
-            if obj.get("iscrowd", 0) == 0
+            # Degenerate masks are refused or dropped by the validation before
+            # training; records that bypass it must not crash here either.
+            if obj.get("iscrowd", 0) == 0 and annotation_problem(obj, *source_hw) is None
         ]
         for anno in annos:
             anno.pop("keypoints", None)

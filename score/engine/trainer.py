@@ -32,7 +32,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -41,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from score.checkpoint import SCORECheckpointer
 from score.data.mappers import build_test_mapper, build_train_mapper
+from score.data.validation import validate_dataset
 from score.evaluation import InstanceSegEvaluator
 
 __all__ = [
@@ -264,13 +271,32 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Iterable:
-        # Images without annotations are dropped by the loader when
-        # DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (the recipe's default).
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        # Images without annotations (also those left empty by the validation)
+        # are dropped when DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (the recipe's default).
+        dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dicts = filter_images_with_only_crowd_annotations(dicts)
+        if not dicts:
+            raise ValueError(f"No training image left in {tuple(cfg.DATASETS.TRAIN)}")
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg), dataset=dicts)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
+        dicts = cls.validated_dataset_dicts(cfg, dataset_name)
+        return build_detection_test_loader(
+            dicts, mapper=build_test_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
+
+    @classmethod
+    def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str) -> list[dict]:
+        """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID)."""
+        return validate_dataset(
+            DatasetCatalog.get(dataset_name),
+            dataset_name,
+            json_file=MetadataCatalog.get(dataset_name).get("json_file", None),
+            drop_invalid=cfg.DATASETS.DROP_INVALID,
+            cache_dir=cfg.DATASETS.VALIDATION_CACHE_DIR,
+        )
 
     @classmethod
     def build_evaluator(

@@ -136,6 +136,39 @@ def evaluate_coco(
     return coco_eval
 
 
+def _no_detection_eval(coco_gt: COCO, iou_type: str, img_ids: Optional[Sequence[int]]) -> Any:
+    """What an accumulated COCOeval holds when nothing was detected: precision 0, -1 without ground truth.
+
+    pycocotools cannot load an empty result list; with no detection every
+    class that has (non-crowd) ground truth in an area range has precision 0
+    there, so its AP is 0 rather than undefined.
+    """
+    from types import SimpleNamespace
+
+    from pycocotools.cocoeval import Params
+
+    params = Params(iouType=iou_type)
+    params.catIds = sorted(coco_gt.getCatIds())
+    ids = set(coco_gt.getImgIds() if img_ids is None else img_ids)
+    precision = -np.ones(
+        (
+            len(params.iouThrs),
+            len(params.recThrs),
+            len(params.catIds),
+            len(params.areaRng),
+            len(params.maxDets),
+        )
+    )
+    for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(ids))):
+        if ann.get("iscrowd", 0):
+            continue
+        k = params.catIds.index(ann["category_id"])
+        for a, (lo, hi) in enumerate(params.areaRng):
+            if lo <= ann["area"] <= hi:
+                precision[:, :, k, a, :] = 0.0
+    return SimpleNamespace(params=params, eval={"precision": precision})
+
+
 def _mean_valid(precision: np.ndarray) -> float:
     """Mean of the entries > -1 (-1 marks a class without ground truth), in percent; NaN if none."""
     valid = precision[precision > -1]
@@ -266,6 +299,32 @@ class InstanceSegEvaluator(COCOEvaluator):
                 f"{len(seen_flags)} seen flags for the {len(class_names)} classes of {dataset_name}"
             )
         self._seen_flags = None if seen_flags is None else [bool(f) for f in seen_flags]
+        self._renumber_annotation_ids()
+
+    def _renumber_annotation_ids(self) -> None:
+        """Annotation ids 1..N when the file has an id 0 or a repeated id (warned).
+
+        COCO matching marks a ground truth as taken by its id, and id 0 reads as
+        "unmatched": a prediction can never claim it (the public NWPU VHR-10 val
+        file has one); repeated ids collide the same way.
+        """
+        if not self._do_evaluation:
+            return
+        anns = self._coco_api.dataset.get("annotations", [])
+        ids = [a.get("id") for a in anns]
+        if 0 not in ids and len(set(ids)) == len(ids):
+            return
+        self._logger.warning(
+            "%s: annotation ids include 0 or repeats (%d ids, %d distinct); renumbered 1..%d for matching",
+            self._dataset_name,
+            len(ids),
+            len(set(ids)),
+            len(ids),
+        )
+        for new_id, ann in enumerate(anns, start=1):
+            ann["id"] = new_id
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._coco_api.createIndex()
 
     def _eval_predictions(self, predictions: list[dict], img_ids: Optional[Sequence[int]] = None) -> None:
         """Fill ``self._results`` with one metrics dict per task and write ``results.json``."""
@@ -282,6 +341,11 @@ class InstanceSegEvaluator(COCOEvaluator):
             self._logger.info("Annotations are not available for evaluation.")
             return
 
+        if not self._coco_api.getAnnIds():
+            raise ValueError(
+                f"{self._dataset_name}: the annotation file {self._metadata.get('json_file', None)} has no "
+                "ground-truth annotation; AP is undefined (predict with tools/predict.py instead)"
+            )
         report: dict[str, Any] = {
             "dataset": self._dataset_name,
             "num_images": len(predictions),
@@ -303,8 +367,11 @@ class InstanceSegEvaluator(COCOEvaluator):
                 )
                 summary = summarize_precision(coco_eval, self._class_names(coco_eval), self._seen_flags)
             else:
-                self._logger.warning("No detections on %s: every %s metric is NaN", self._dataset_name, task)
-                summary = {name: float("nan") for name, _, _ in _SUMMARY_METRICS}
+                self._logger.warning(
+                    "No detections on %s: %s AP 0 for every class with ground truth", self._dataset_name, task
+                )
+                coco_eval = _no_detection_eval(self._coco_api, task, img_ids)
+                summary = summarize_precision(coco_eval, self._class_names(coco_eval), self._seen_flags)
             self._log_summary(task, summary)
             report[task] = summary
             self._results[task] = self._flat_metrics(summary)

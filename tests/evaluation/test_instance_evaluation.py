@@ -260,12 +260,14 @@ def test_class_without_ground_truth_is_left_out_of_the_averages(dataset, tmp_pat
     assert {e["name"] for e in report["segm"]["per_class"] if e["AP"] is None} == set(NWPU_CLASSES) - present
 
 
-def test_no_detection_gives_nan_metrics_and_a_report(dataset, tmp_path):
+def test_no_detection_gives_ap_0_and_a_report(dataset, tmp_path):
     name, gt, _ = dataset
     segm = _run(name, {i: [] for i in gt}, tmp_path, backend="pycocotools")["segm"]
-    assert np.isnan(segm["AP"])
+    assert segm["AP"] == 0.0 and segm["AP50"] == 0.0
+    assert all(segm["AP-" + c] == 0.0 for c in NWPU_CLASSES)
+    assert np.isnan(segm["APl"])  # no ground truth of 96 x 96 px or more in 64 x 64 images
     report = json.loads((tmp_path / "results.json").read_text())
-    assert report["segm"]["AP"] is None
+    assert report["segm"]["AP"] == 0.0
 
 
 def test_bad_arguments_are_rejected(dataset):
@@ -288,3 +290,38 @@ def test_out_of_range_class_is_an_error(dataset):
     image_id, objects = next(iter(gt.items()))
     with pytest.raises(ValueError, match="has class 10"):
         _run(name, {image_id: [(objects[0][0], 10, 0.5)]}, backend="pycocotools")
+
+
+def test_test_set_without_ground_truth_is_an_error(dataset, tmp_path):
+    name, gt, json_file = dataset
+    coco = json.loads(open(json_file).read())
+    coco["annotations"] = []
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(coco))
+    other = name + "_no_gt"
+    values = {k: v for k, v in MetadataCatalog.get(name).as_dict().items() if k != "name"}
+    MetadataCatalog.get(other).set(**dict(values, json_file=str(empty)))
+    try:
+        with pytest.raises(ValueError, match="no ground-truth annotation"):
+            _run(other, {i: [] for i in gt}, backend="pycocotools")
+    finally:
+        MetadataCatalog.remove(other)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_annotation_id_0_is_renumbered_so_ground_truth_scores_100(dataset, tmp_path, backend):
+    name, gt, json_file = dataset
+    coco = json.loads(open(json_file).read())
+    coco["annotations"][0]["id"] = 0
+    coco["annotations"][2]["id"] = coco["annotations"][1]["id"]
+    renamed = tmp_path / "id0.json"
+    renamed.write_text(json.dumps(coco))
+    other = name + "_id0"
+    values = {k: v for k, v in MetadataCatalog.get(name).as_dict().items() if k != "name"}
+    MetadataCatalog.get(other).set(**dict(values, json_file=str(renamed)))
+    preds = {i: [(m, k, 0.9) for m, k in objects] for i, objects in gt.items()}
+    try:
+        segm = _run(other, preds, backend=backend)["segm"]
+    finally:
+        MetadataCatalog.remove(other)
+    assert segm["AP"] == pytest.approx(100.0)
