@@ -162,3 +162,43 @@ def test_every_ablation_trains_and_infers(name, make_inputs):
     with torch.no_grad():
         instances = model(inputs)[0]["instances"]
     assert len(instances) > 0 and torch.isfinite(instances.scores).all()
+
+
+def test_rai_kernel_is_fixed_after_the_last_warmup_update(make_inputs, monkeypatch):
+    """Warm-up + 1 iterations; the last warm-up update flips the argmax; the next forward uses it."""
+    import score.modeling.rai as rai_module
+
+    warmup = 2
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS", str(warmup))).train()
+    rai = model.rai
+    candidates = list(rai.kernel_candidates)
+    optimizer = torch.optim.SGD([rai.kernel_logits], lr=1.0)
+    with torch.no_grad():
+        rai.kernel_logits.zero_()
+        rai.kernel_logits[0] = 1.0
+    for it in range(warmup):
+        assert rai.in_gumbel_phase
+        sum(model(make_inputs([(64, 64)], seed=it)).values()).backward()
+        if it == warmup - 1:
+            # The last update moves the argmax from the first candidate to the last.
+            flip = torch.zeros_like(rai.kernel_logits)
+            flip[0], flip[-1] = 2.0, -2.0
+            rai.kernel_logits.grad = flip
+            assert int(rai.kernel_logits.argmax()) == 0
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+    assert int(rai.kernel_logits.argmax()) == len(candidates) - 1
+
+    used = []
+    dilate = rai_module._dilate
+
+    def spy(mask_logits, kernel):
+        used.append(kernel)
+        return dilate(mask_logits, kernel)
+
+    monkeypatch.setattr(rai_module, "_dilate", spy)
+    model(make_inputs([(64, 64)], seed=warmup))
+    assert not rai.in_gumbel_phase
+    assert used and set(used) == {candidates[-1]}
+    assert int(rai.fixed_kernel) == candidates[-1] == rai.current_kernel()

@@ -16,7 +16,7 @@ from score.checkpoint import SCORECheckpointer, convert_official_state_dict, is_
 from score.config import get_score_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-OFFICIAL_KEYS = REPO.parent / "shared" / "spec" / "official_state_dict_keys.txt"
+OFFICIAL_KEYS = REPO / "tests" / "data_files" / "official_state_dict_keys.txt"
 # Our additions: RAI's warm-up state is saved with the model (the authors' is not).
 OUR_EXTRA_KEYS = {"sem_seg_head.predictor.rai.iteration", "sem_seg_head.predictor.rai.fixed_kernel"}
 

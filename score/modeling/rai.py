@@ -155,9 +155,12 @@ class RegionAwareIntegration(nn.Module):
 
     Training-only state: ``iteration`` counts training iterations (advanced by
     :meth:`step`, once per iteration, by the meta-architecture); the Gumbel
-    phase lasts its first ``warmup_iters``. When it ends, the argmax kernel is
-    stored in ``fixed_kernel`` (0 until then) so that the kernel is chosen once,
-    as in SCORE.md 5.1. Both are buffers, hence saved in checkpoints.
+    phase lasts its first ``warmup_iters``. The argmax kernel is stored in
+    ``fixed_kernel`` (0 until then) at the first dilation after the phase,
+    that is after the optimizer step of the phase's last iteration, as the
+    authors pick it at the first head call after the warm-up; so the kernel is
+    chosen once, as in SCORE.md 5.1, from the fully warmed-up logits. Both are
+    buffers, hence saved in checkpoints.
     """
 
     @configurable
@@ -294,9 +297,17 @@ class RegionAwareIntegration(nn.Module):
         self._host_fixed_kernel = int(self.fixed_kernel)
 
     def step(self) -> None:
-        """Advance the warm-up counter by one training iteration; fix the kernel when the phase ends."""
+        """Advance the warm-up counter by one training iteration (called once its forward is done)."""
         self.iteration.add_(1)
         self._host_iteration += 1
+
+    def _fix_kernel_if_due(self) -> None:
+        """After the Gumbel phase, store the argmax kernel once, at the first dilation that follows it.
+
+        Not in :meth:`step`: the meta-architecture calls that after the
+        forward, before the backward and the optimizer step of the same
+        iteration, so the phase's last update would be ignored.
+        """
         if self._uses_gumbel and not self._host_fixed_kernel and self._host_iteration >= self.warmup_iters:
             kernel = self._argmax_kernel()
             self.fixed_kernel.fill_(kernel)
@@ -353,6 +364,7 @@ class RegionAwareIntegration(nn.Module):
             if self.in_gumbel_phase:
                 weights = F.gumbel_softmax(self.kernel_logits, tau=self.gumbel_tau, hard=False)
                 return mix_dilations(mask_logits, weights, self.kernel_candidates), True
+            self._fix_kernel_if_due()
             return _dilate(mask_logits, self.current_kernel()).detach(), False
         # "paper": interpolate between the two odd kernels around the real k so
         # that delta gets a gradient (docs/DESIGN.md, RAI).

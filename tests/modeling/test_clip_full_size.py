@@ -9,7 +9,7 @@ import pytest
 from score.modeling.backbone.clip_convnext import CLIPConvNeXtBackbone
 from score.modeling.context.remoteclip import RemoteCLIPContextEncoder
 
-KEY_LIST = Path(__file__).resolve().parents[3] / "shared" / "spec" / "official_state_dict_keys.txt"
+KEY_LIST = Path(__file__).resolve().parents[1] / "data_files" / "official_state_dict_keys.txt"
 
 pytestmark = [
     pytest.mark.slow,
