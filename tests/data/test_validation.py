@@ -86,7 +86,7 @@ def test_cache_keyed_by_annotation_file(tmp_path):
 
 
 def _broken_synthetic(root):
-    from score.data.synthetic import write_synthetic_datasets
+    from synthetic_world import write_synthetic_datasets
 
     write_synthetic_datasets(
         str(root), num_train=6, num_val=2, min_size=64, max_size=96, splits=["isaid_train_instance"]
