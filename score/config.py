@@ -201,6 +201,13 @@ def add_score_config(cfg: CN) -> None:
     # size and mtime); "" turns the cache off.
     cfg.DATASETS.VALIDATION_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "score", "validation")
 
+    # --- Reliability of inputs and checkpoints (docs/RELIABILITY.md).
+    # 8-bit stretch of training / test images with more than 8 bits per channel
+    # (16-bit PNG or TIFF), the one of GeoTIFF input (score/geo.py):
+    # "percentile" (per band, 2nd..98th percentile to 0..255) or "dtype"
+    # (0..max of the integer type, e.g. / 65535).
+    cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "percentile"
+
 
 def get_score_cfg() -> CN:
     """detectron2's defaults plus both functions above."""

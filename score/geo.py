@@ -10,6 +10,12 @@ default: the 2nd and 98th percentiles of a decimated read of at most
 products often store 11 or 12 bits in uint16, which the dtype range would
 render almost black; hence percentiles by default.
 
+Pictures with more than 8 bits per channel (16-bit PNG, 16-bit or float
+TIFF, 16-bit PNM), which detectron2's ``read_image`` (PIL) would saturate or
+truncate, go through the same reader and stretch: :func:`read_image_uint8` is
+the one image reader of ``tools/predict.py`` and of the dataset mappers;
+8-bit files keep detectron2's reader (EXIF orientation included).
+
 Writing (:func:`instances_to_geojson`): one Feature per instance. Its geometry
 is the outline of the mask's pixels (``rasterio.features.shapes``: pixel
 edges, holes as inner rings, one Polygon per 4-connected part, a
@@ -39,6 +45,9 @@ import rasterio
 import rasterio.features
 import rasterio.warp
 from affine import Affine
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import log_first_n
+from PIL import Image
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -49,9 +58,12 @@ from .tiling import Box, SceneInstance
 __all__ = [
     "GEO_SUFFIXES",
     "GeoTiffReader",
+    "SCALINGS",
     "crs_member",
+    "high_bit_depth",
     "instance_geometry",
     "instances_to_geojson",
+    "read_image_uint8",
     "write_geojson",
 ]
 
@@ -59,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 # Files opened with rasterio (and written out as GeoJSON when georeferenced).
 GEO_SUFFIXES = (".tif", ".tiff")
-_SCALINGS = ("percentile", "dtype")
+SCALINGS = ("percentile", "dtype")
 # Longest side of the decimated read that percentile statistics are computed on.
 _STATS_SIZE = 1024
 
@@ -86,8 +98,8 @@ class GeoTiffReader:
             scaling: how non-uint8 rasters become 8 bit: "percentile" or "dtype".
             percentiles: low and high percentiles mapped to 0 and 255 ("percentile").
         """
-        if scaling not in _SCALINGS:
-            raise ValueError(f"scaling must be one of {_SCALINGS}, not {scaling!r}")
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
         self.path = path
         try:
             with warnings.catch_warnings():
@@ -141,7 +153,8 @@ class GeoTiffReader:
             low, high = np.percentile(values, percentiles)
             offsets[i] = low
             scales[i] = 255.0 / (high - low) if high > low else 1.0
-        logger.info(
+        # Debug only: the training mappers read through here at every iteration.
+        logger.debug(
             "%s (%s): bands %s scaled by percentiles %s", self.path, self.dtype, self.bands, percentiles
         )
         return offsets, scales
@@ -179,6 +192,72 @@ class GeoTiffReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# PIL modes of pictures with more than 8 bits per channel (16-bit grey PNG / PNM, 32-bit int and float).
+_HIGH_BIT_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def high_bit_depth(path: str) -> bool:
+    """Whether an image file stores more than 8 bits per channel; reads its header only.
+
+    TIFFs: the raster dtype (rasterio). PNGs: the IHDR bit depth (byte 24 of the
+    file, after the signature and the IHDR length, type, width and height);
+    PIL opens a 16-bit RGB PNG as "RGB" and keeps only the high byte of each
+    value. Other formats: PIL's mode.
+    """
+    if path.lower().endswith(GEO_SUFFIXES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    return any(np.dtype(d) != np.uint8 for d in src.dtypes)
+        except RasterioIOError as error:
+            raise OSError(f"cannot read raster {path}: {error}") from error
+    with open(path, "rb") as f:
+        header = f.read(25)
+    if header[:8] == _PNG_SIGNATURE and len(header) == 25:
+        return header[24] > 8
+    with Image.open(path) as img:
+        return img.mode in _HIGH_BIT_PIL_MODES
+
+
+def read_image_uint8(
+    path: str,
+    image_format: str = "RGB",
+    *,
+    scaling: str = "percentile",
+    percentiles: Tuple[float, float] = (2.0, 98.0),
+    bands: Optional[Sequence[int]] = None,
+) -> np.ndarray:
+    """An image file as (H, W, 3) uint8, files of more than 8 bits per channel stretched.
+
+    8-bit files: detectron2's ``read_image`` in ``image_format``. Others: the
+    whole raster through :class:`GeoTiffReader` (its ``scaling`` and
+    ``percentiles``, the stretch of GeoTIFF input), in "RGB" or "BGR" order.
+
+    Raises:
+        OSError: the file cannot be read (the message names it).
+        ValueError: a high-bit-depth file asked in a format other than RGB / BGR.
+    """
+    if not high_bit_depth(path):
+        return read_image(path, format=image_format)
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(
+            f"{path} has more than 8 bits per channel: it can be read as RGB or BGR, not {image_format!r}"
+        )
+    with GeoTiffReader(path, bands=bands, scaling=scaling, percentiles=percentiles) as reader:
+        image = reader.read((0, 0, reader.width, reader.height))
+        dtype = reader.dtype
+    log_first_n(
+        logging.WARNING,
+        f"Images with more than 8 bits per channel are stretched to 8 bit by {scaling!r} "
+        f"(first one: {path}, {dtype}); see score/geo.py",
+        n=1,
+        key="caller",
+    )
+    return image if image_format == "RGB" else np.ascontiguousarray(image[:, :, ::-1])
 
 
 def instance_geometry(instance: SceneInstance, transform: Affine) -> Optional[dict]:

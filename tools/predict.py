@@ -32,13 +32,12 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 from affine import Affine
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from score.config import get_score_cfg
 from score.engine import adapt_cfg_to_device
-from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, write_geojson
+from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, read_image_uint8, write_geojson
 from score.predictor import SCOREPredictor, coco_annotations, display_name, draw_instances, parse_vocabulary
 from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tiled_inference
 
@@ -75,7 +74,10 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bands", type=int, nargs=3, metavar="B", help="GeoTIFF bands read as R G B")
     parser.add_argument(
-        "--scaling", choices=["percentile", "dtype"], default="percentile", help="non-uint8 GeoTIFF to 8 bit"
+        "--scaling",
+        choices=["percentile", "dtype"],
+        default="percentile",
+        help="images of more than 8 bits per channel (GeoTIFF, 16-bit PNG) to 8 bit",
     )
     parser.add_argument(
         "--geojson-crs",
@@ -128,11 +130,14 @@ def image_ids(paths: List[str]) -> List[str]:
 
 
 def open_scene(path: str, args: argparse.Namespace):
-    """A reader of the image: GeoTiffReader for (Geo)TIFFs, ArrayReader (whole image in memory) otherwise."""
+    """A reader of the image: GeoTiffReader for (Geo)TIFFs, ArrayReader (whole image in memory) otherwise.
+
+    Pictures with more than 8 bits per channel (16-bit PNG) get the TIFFs' --scaling stretch.
+    """
     if path.lower().endswith(GEO_SUFFIXES):
         return GeoTiffReader(path, bands=args.bands, scaling=args.scaling)
     try:
-        return ArrayReader(read_image(path, format="RGB"))
+        return ArrayReader(read_image_uint8(path, "RGB", scaling=args.scaling))
     except (OSError, ValueError) as error:
         raise OSError(f"cannot read image {path}: {error}") from error
 

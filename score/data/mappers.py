@@ -7,9 +7,13 @@ when the image is smaller. Unlike Mask2Former's mapper, masks go through
 detectron2's "bitmask" path, so polygon and RLE annotations (SAMRS splits are
 RLE) are both accepted.
 
-Testing needs no custom mapper: detectron2's ``DatasetMapper`` with
-``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` keeps every
-image and drops the annotations (the evaluator reads them from the json).
+Testing uses detectron2's ``DatasetMapper`` with
+``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``: it keeps
+every image and drops the annotations (the evaluator reads them from the
+json). Both mappers read images with :func:`read_image_or_fail`, so a picture
+with more than 8 bits per channel is stretched to 8 bit as GeoTIFF input is
+(``score.geo.read_image_uint8``, INPUT.HIGH_BIT_DEPTH_SCALING) instead of
+being saturated by PIL.
 
 ``cfg.INPUT.DATASET_MAPPER_NAME`` picks the training mapper by name from
 ``TRAIN_MAPPERS``.
@@ -29,11 +33,13 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks
 
+from ..geo import SCALINGS, read_image_uint8
 from .validation import annotation_problem
 
 __all__ = [
     "TRAIN_MAPPERS",
     "SCOREInstanceLSJMapper",
+    "SCORETestMapper",
     "build_test_mapper",
     "build_train_mapper",
     "read_image_or_fail",
@@ -57,14 +63,26 @@ def register_train_mapper(name: str) -> Callable[[type], type]:
     return register
 
 
-def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
-    """detectron2's ``read_image``, with an error that names the file when it cannot be decoded.
+def _check_high_bit_scaling(value: str) -> str:
+    if value not in SCALINGS:
+        raise ValueError(f"INPUT.HIGH_BIT_DEPTH_SCALING must be one of {SCALINGS}, not {value!r}")
+    return value
+
+
+def read_image_or_fail(file_name: str, image_format: str, high_bit_scaling: str = "percentile") -> np.ndarray:
+    """``score.geo.read_image_uint8``, with an error that names the file when it cannot be decoded.
+
+    Args:
+        file_name: image file.
+        image_format: detectron2 image format of the result (e.g. "RGB").
+        high_bit_scaling: stretch of files with more than 8 bits per channel,
+            "percentile" or "dtype" (INPUT.HIGH_BIT_DEPTH_SCALING).
 
     Returns:
-        (H, W, C) uint8 array in ``image_format`` (e.g. "RGB").
+        (H, W, C) uint8 array in ``image_format``.
     """
     try:
-        return utils.read_image(file_name, format=image_format)
+        return read_image_uint8(file_name, image_format, scaling=high_bit_scaling)
     except (OSError, ValueError) as e:
         # PIL's messages name a file object or nothing at all; a data loader
         # worker's traceback must say which of thousands of images is broken.
@@ -107,14 +125,19 @@ class SCOREInstanceLSJMapper:
     """
 
     @configurable
-    def __init__(self, *, augmentations: list[T.Augmentation], image_format: str):
+    def __init__(
+        self, *, augmentations: list[T.Augmentation], image_format: str, high_bit_scaling: str = "percentile"
+    ):
         """
         Args:
             augmentations: applied in order to the image and its annotations.
             image_format: detectron2 image format of the output ("RGB" for CLIP).
+            high_bit_scaling: 8-bit stretch of images with more than 8 bits per
+                channel, "percentile" or "dtype" (see ``score.geo``).
         """
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.high_bit_scaling = _check_high_bit_scaling(high_bit_scaling)
         logger.info("[SCOREInstanceLSJMapper] augmentations: %s", augmentations)
 
     @classmethod
@@ -127,11 +150,12 @@ class SCOREInstanceLSJMapper:
                 random_flip=cfg.INPUT.RANDOM_FLIP,
             ),
             "image_format": cfg.INPUT.FORMAT,
+            "high_bit_scaling": cfg.INPUT.HIGH_BIT_DEPTH_SCALING,
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused every epoch
-        image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+        image = read_image_or_fail(dataset_dict["file_name"], self.image_format, self.high_bit_scaling)
         utils.check_image_size(dataset_dict, image)
         source_hw = image.shape[:2]
 
@@ -171,6 +195,43 @@ def build_train_mapper(cfg: CfgNode) -> Callable[[dict], dict]:
     return TRAIN_MAPPERS[name](cfg)
 
 
-def build_test_mapper(cfg: CfgNode) -> DatasetMapper:
-    """detectron2's test mapper: ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``."""
-    return DatasetMapper(cfg, is_train=False)
+class SCORETestMapper(DatasetMapper):
+    """detectron2's test ``DatasetMapper`` (resize only, annotations dropped), reading with our reader.
+
+    Output dict: the input's fields, plus "image" (3, H, W) uint8 tensor;
+    "annotations" and "sem_seg_file_name" are removed.
+    """
+
+    @configurable
+    def __init__(self, *, high_bit_scaling: str = "percentile", **kwargs):
+        """
+        Args:
+            high_bit_scaling: 8-bit stretch of images with more than 8 bits per channel.
+            kwargs: ``DatasetMapper``'s arguments (``is_train`` False).
+        """
+        super().__init__(**kwargs)
+        self.high_bit_scaling = _check_high_bit_scaling(high_bit_scaling)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = False) -> dict[str, Any]:
+        if is_train:
+            raise ValueError("SCORETestMapper is a test mapper; training uses INPUT.DATASET_MAPPER_NAME")
+        ret = super().from_config(cfg, is_train=False)
+        ret["high_bit_scaling"] = cfg.INPUT.HIGH_BIT_DEPTH_SCALING
+        return ret
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_or_fail(dataset_dict["file_name"], self.image_format, self.high_bit_scaling)
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        dataset_dict.pop("annotations", None)
+        dataset_dict.pop("sem_seg_file_name", None)
+        return dataset_dict
+
+
+def build_test_mapper(cfg: CfgNode) -> SCORETestMapper:
+    """The test mapper: ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``."""
+    return SCORETestMapper(cfg)

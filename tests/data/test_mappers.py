@@ -194,3 +194,54 @@ def test_lsj_on_real_nwpu_images():
         _check_instances(out["instances"], (256, 256))
         kept += len(out["instances"])
     assert kept > 0
+
+
+def _write_png16(path, height=40, width=50, seed=0):
+    """A 16-bit RGB PNG of 12-bit values (0..4095); returns the (H, W, 3) RGB uint16 values."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 4096, (height, width, 3), dtype=np.uint16)
+    rgb[..., 2] //= 4  # a darker blue band: per-band stretch
+    assert cv2.imwrite(str(path), rgb[:, :, ::-1])  # cv2 writes BGR
+    return rgb
+
+
+def _percentile_stretch(rgb):
+    """The stretch of score/geo.py written out: per band, 2nd..98th percentile to 0..255, clipped."""
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    for c in range(3):
+        low, high = np.percentile(rgb[..., c].astype(np.float64), [2, 98])
+        scaled = (rgb[..., c].astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        out[..., c] = np.clip(np.rint(scaled), 0, 255)
+    return out
+
+
+@pytest.mark.parametrize("mapper_kind", ["train", "test"])
+def test_mappers_stretch_16_bit_pngs_instead_of_saturating(tmp_path, mapper_kind):
+    file_name = str(tmp_path / "u16.png")
+    rgb = _write_png16(file_name)
+    cfg = get_score_cfg()
+    cfg.INPUT.FORMAT = "RGB"  # as SCORE's configs (detectron2's default is BGR)
+    if mapper_kind == "train":
+        mapper = SCOREInstanceLSJMapper(augmentations=[], image_format="RGB")
+    else:  # no resize: the test size is the image's
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 40, 50
+        mapper = build_test_mapper(cfg)
+    out = mapper({"file_name": file_name, "height": 40, "width": 50, "annotations": []})
+    image = out["image"].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(image, _percentile_stretch(rgb))
+    assert (image == 255).mean() < 0.05  # about 2 % (the top percentiles), not all white
+
+    cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "dtype"
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 40, 50
+    out = build_test_mapper(cfg)({"file_name": file_name, "height": 40, "width": 50})
+    expected = np.clip(np.rint(rgb.astype(np.float32) * np.float32(255.0 / 65535)), 0, 255)
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), expected)
+
+
+def test_unknown_high_bit_scaling_is_refused():
+    cfg = get_score_cfg()
+    cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "clip"
+    with pytest.raises(ValueError, match="HIGH_BIT_DEPTH_SCALING"):
+        build_test_mapper(cfg)

@@ -254,3 +254,21 @@ def test_tiff_without_crs_and_empty_result_are_explained(predict_tool, tmp_path,
         )
         points = np.array([p for ring in rings for p in ring])
         assert (points >= 0).all() and (points <= 64).all()  # pixel corners (column, row)
+
+
+def test_16_bit_png_is_stretched_not_saturated(predict_tool, tmp_path):
+    """A 16-bit grey PNG of 12-bit values (0..4095): the reader gives the percentile stretch of score/geo.py."""
+    import cv2
+
+    values = np.linspace(0, 4095, 60 * 80).reshape(60, 80).astype(np.uint16)
+    path = str(tmp_path / "u16.png")
+    assert cv2.imwrite(path, values)
+    args = predict_tool.get_parser().parse_args(["--config-file", "c", "--input", path, "--output", "o"])
+    image = predict_tool.open_scene(path, args).image
+    assert image.shape == (60, 80, 3) and image.dtype == np.uint8
+    low, high = np.percentile(values.astype(np.float64), [2, 98])
+    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    expected = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    for channel in range(3):  # one band, read as R, G and B
+        np.testing.assert_array_equal(image[..., channel], expected)
+    assert (image == 255).mean() < 0.05  # detectron2's (PIL's) reader made 94 % of them 255
