@@ -44,9 +44,10 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SCORECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        # An unreadable or partial checkpoint raises, naming the file / the entries.
+        SCORECheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, require_complete=not cfg.MODEL.ALLOW_PARTIAL_WEIGHTS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -207,6 +207,12 @@ def add_score_config(cfg: CN) -> None:
     # "percentile" (per band, 2nd..98th percentile to 0..255) or "dtype"
     # (0..max of the integer type, e.g. / 65535).
     cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "percentile"
+    # Evaluation (train_net.py --eval-only) and tools/predict.py refuse a
+    # MODEL.WEIGHTS checkpoint that leaves trainable parameters of the model
+    # unset or has entries of other shapes, and list them. True: load it
+    # anyway (those parameters keep their random initialisation). Training
+    # always loads partially and logs a table of what was and was not loaded.
+    cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
 
 def get_score_cfg() -> CN:

@@ -182,7 +182,7 @@ class SCOREPredictor:
             cfg.defrost()
             cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = default_cache_dir()
         model = build_model(cfg)
-        SCORECheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SCORECheckpointer(model, require_complete=not cfg.MODEL.ALLOW_PARTIAL_WEIGHTS).load(cfg.MODEL.WEIGHTS)
         return {
             "model": model,
             "min_size_test": cfg.INPUT.MIN_SIZE_TEST,

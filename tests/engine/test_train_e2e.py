@@ -138,6 +138,21 @@ def test_authors_eval_command_line(data_root, tiny_weights, tmp_path):
     assert "GEOMETRIC_ENSEMBLE_ALPHA: 0.4" in config and "GEOMETRIC_ENSEMBLE_BETA: 0.4" in config
 
 
+def test_eval_only_with_a_truncated_checkpoint_names_it_and_fails(data_root, tiny_weights, tmp_path):
+    truncated = tmp_path / "model_final.pth"
+    data = (tiny_weights / "model_final.pth").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    command = [
+        sys.executable, "train_net.py", "--config", TINY_CONFIG, "--eval-only",
+        "OUTPUT_DIR", str(tmp_path / "eval"), "DATASETS.TEST", "('nwpu_val_instance',)",
+        "MODEL.WEIGHTS", str(truncated),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=_env(data_root), capture_output=True, text=True)
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert "UnreadableCheckpointError" in last_line and f"cannot read checkpoint {truncated}" in last_line
+
+
 def test_eval_script_runs_targets_and_collects_the_table(data_root, tiny_weights):
     env = dict(_env(data_root), CONFIG=TINY_CONFIG, TARGETS="nwpu")
     done = subprocess.run(

@@ -272,3 +272,42 @@ def test_16_bit_png_is_stretched_not_saturated(predict_tool, tmp_path):
     for channel in range(3):  # one band, read as R, G and B
         np.testing.assert_array_equal(image[..., channel], expected)
     assert (image == 255).mean() < 0.05  # detectron2's (PIL's) reader made 94 % of them 255
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """model_final.pth of a random tiny SCORE, the same file truncated, and one of a 10-query model."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    folder = tmp_path_factory.mktemp("weights")
+    DetectionCheckpointer(build_model(tiny_cfg()), save_dir=str(folder)).save("model_final")
+    data = (folder / "model_final.pth").read_bytes()
+    (folder / "truncated").mkdir()
+    (folder / "truncated" / "model_final.pth").write_bytes(data[: len(data) // 2])
+    other = build_model(tiny_cfg("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10"))
+    DetectionCheckpointer(other, save_dir=str(folder)).save("queries10")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ("truncated/model_final.pth", "cannot read checkpoint"),
+        ("queries10.pth", "query_feat.weight: (10, 32) in the checkpoint, (20, 32) in the model"),
+    ],
+)
+def test_bad_weights_exit_non_zero_naming_the_problem(
+    predict_tool, inputs, tmp_path, messages, tiny_checkpoints, weights, expected
+):
+    path = tiny_checkpoints / weights
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs / "a.png"), "--output", str(tmp_path)]
+    argv += ["--vocab", "ship", *FAST_OPTS, "MODEL.WEIGHTS", str(path)]
+    assert predict_tool.main(argv) == 2
+    error = next(m for m in messages if expected in m)
+    assert (str(path) if weights.startswith("truncated") else "MODEL.ALLOW_PARTIAL_WEIGHTS") in error
+    # The documented switch loads the partial checkpoint on purpose.
+    if weights == "queries10.pth":
+        assert predict_tool.main(argv + ["MODEL.ALLOW_PARTIAL_WEIGHTS", "True"]) == 0
