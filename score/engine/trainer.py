@@ -16,9 +16,18 @@ What differs from detectron2's defaults (SCORE.md 8, Mask2Former's train_net):
   (logged once) instead of failing;
 * a hook logs the model's RAI state (warm-up iteration, kernel, lambda).
 
-The learning-rate schedule (WarmupMultiStepLR), checkpointing and resuming
-are detectron2's; the RAI warm-up counter is a buffer of the model, so the
-checkpointer saves and restores it with the weights.
+The learning-rate schedule (WarmupMultiStepLR) and checkpointing are
+detectron2's; the RAI warm-up counter is a buffer of the model, so the
+checkpointer saves and restores it with the weights. Resuming is exact (a
+resumed run follows the uninterrupted run's losses): the trainer's state also
+holds the optimizer (detectron2 v0.6's ``DefaultTrainer`` leaves it out), the
+Python / NumPy / torch RNG states and the training sampler's seed; the
+sampler restarts at the position the checkpoint's iteration implies
+(:class:`score.data.samplers.ResumableTrainingSampler`). Exact with
+DATALOADER.NUM_WORKERS 0, in one process and without ASPECT_RATIO_GROUPING
+(whose buckets hold drawn images across iterations); otherwise the images
+follow the same stream, but the augmentation randomness of data-loader
+workers and of other ranks is not restored.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import weakref
 from collections import OrderedDict
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
@@ -42,11 +53,13 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from score.checkpoint import SCORECheckpointer
 from score.data.mappers import build_test_mapper, build_train_mapper
+from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
 from score.evaluation import InstanceSegEvaluator
 
@@ -57,6 +70,8 @@ __all__ = [
     "adapt_cfg_to_device",
     "build_optimizer",
     "optimizer_param_groups",
+    "rng_states",
+    "set_rng_states",
     "test_seen_flags",
     "train_vocabulary",
     "with_full_model_gradient_clipping",
@@ -226,6 +241,33 @@ def test_seen_flags(cfg: CfgNode, dataset_name: str) -> Optional[list[bool]]:
     return list(seen_flags(list(MetadataCatalog.get(dataset_name).thing_classes), train_names))
 
 
+def rng_states() -> dict[str, Any]:
+    """The Python, NumPy, torch (and CUDA) RNG states, as types ``torch.load(weights_only=True)`` reads."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    random.setstate(states["python"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -278,7 +320,15 @@ class Trainer(DefaultTrainer):
             dicts = filter_images_with_only_crowd_annotations(dicts)
         if not dicts:
             raise ValueError(f"No training image left in {tuple(cfg.DATASETS.TRAIN)}")
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg), dataset=dicts)
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            sampler = ResumableTrainingSampler(len(dicts))
+        loader = build_detection_train_loader(
+            cfg, mapper=build_train_mapper(cfg), dataset=dicts, sampler=sampler
+        )
+        # Found again by the trainer's load_state_dict to resume the stream.
+        loader.resumable_sampler = sampler
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
@@ -351,6 +401,40 @@ class Trainer(DefaultTrainer):
         if len(results) == 1:
             return next(iter(results.values()))
         return results
+
+    def state_dict(self) -> dict[str, Any]:
+        """detectron2's trainer state (iteration, LR scheduler), the optimizer, RNG states, sampler seed."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP's grad scaler)
+        ret["rng"] = rng_states()
+        sampler = getattr(self.data_loader, "resumable_sampler", None)
+        if sampler is not None:
+            ret["sampler"] = sampler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the data stream restarts after the images of iterations 0..iter."""
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state: the optimizer restarts from zero")
+        sampler = getattr(self.data_loader, "resumable_sampler", None)
+        if sampler is not None and "sampler" in state_dict:
+            sampler.load_state_dict(state_dict["sampler"])
+            sampler.start = (self.iter + 1) * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+            if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+                logger.warning(
+                    "DATALOADER.ASPECT_RATIO_GROUPING is on: images drawn but still waiting in its "
+                    "buckets at the checkpoint are skipped, the resumed batches differ"
+                )
+            # Before the RNG states: creating the iterator draws from torch's RNG, as the
+            # uninterrupted run's did at its start.
+            self._trainer._data_loader_iter = iter(self.data_loader)
+        if "rng" in state_dict and comm.get_world_size() == 1:
+            set_rng_states(state_dict["rng"])
+        elif "rng" not in state_dict:
+            logger.warning("The checkpoint has no RNG states: the resumed run's randomness differs")
 
     def build_hooks(self) -> list[HookBase]:
         """detectron2's hooks plus ``RAISummaryHook``, placed before the writer so its scalars are written.
