@@ -403,6 +403,12 @@ class RegionAwareIntegration(nn.Module):
         if self.forms_regions:
             dilated, soft = self.dilate(mask_logits)
             region = self.regional_context(dilated, soft, context, class_embed.dtype)
+            if self.training and self._uses_gumbel and not soft:
+                # After the Gumbel phase the kernel logits no longer shape the output,
+                # but DistributedDataParallel (detectron2 builds it without
+                # find_unused_parameters) fails at the next iteration unless every
+                # trainable parameter gets a gradient: give them an exact zero one.
+                region = region + 0.0 * self.kernel_logits.sum().to(region.dtype)
         else:
             region = context.global_embed.to(class_embed.dtype)[:, None, :].expand_as(class_embed)
         x = class_embed + self.lambda_weight * region
