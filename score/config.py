@@ -120,7 +120,7 @@ def add_score_config(cfg: CN) -> None:
     cfg.MODEL.SCORE.RANDOM_INIT_CLIP = False
     # Autocast of the frozen ConvNeXt CLIP image tower (its features and the
     # out-of-vocabulary embedding of pooled masks): "none" (its own float32) or
-    # "bf16" (bfloat16 autocast; used only on CUDA, a no-op on CPU). Its outputs
+    # "bf16" (bfloat16 autocast on the model's device, CUDA or CPU). Its outputs
     # are cast back to float32 for the trainable head. A speed option, not in the
     # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
     cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"

@@ -93,7 +93,7 @@ class SCORE(nn.Module):
             ensemble_on_valid_mask: out-vocabulary term only for non-empty masks.
             out_vocab_source: "clip" or "rsclip" (paper Table 6).
             frozen_towers_autocast: "none", or "bf16": bfloat16 autocast of the frozen
-                ConvNeXt image tower, on CUDA only (a no-op on CPU), outputs cast to float32.
+                ConvNeXt image tower on the model's device (CUDA or CPU), outputs cast to float32.
         """
         super().__init__()
         if out_vocab_source not in _OUT_VOCAB_SOURCES:
@@ -272,9 +272,9 @@ class SCORE(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def frozen_tower_autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for the frozen ConvNeXt tower when configured and on CUDA, else nothing."""
-        if self.frozen_towers_autocast == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bfloat16 autocast on the model's device for the frozen ConvNeXt tower when configured."""
+        if self.frozen_towers_autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def image_features(self, images: Tensor) -> Dict[str, Tensor]:
