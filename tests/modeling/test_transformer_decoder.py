@@ -95,6 +95,7 @@ def test_full_size_parameter_count_and_checkpoint_names():
 
 def test_build_from_config_reads_the_keys():
     cfg = get_score_cfg()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
     cfg.MODEL.SCORE.RAI.ENABLED = False
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 4
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 7
