@@ -144,6 +144,11 @@ def add_score_config(cfg: CN) -> None:
     # are cast back to float32 for the trainable head. A speed option, not in the
     # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
     cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"
+    # Cross- and self-attention of the transformer decoder through PyTorch's fused
+    # scaled_dot_product_attention (need_weights=False) instead of the authors'
+    # explicit softmax (False). Faster, but the masks can differ: docs/DESIGN.md,
+    # "Numeric differences from the authors' computation".
+    cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION = False
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
     cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = ""
