@@ -14,16 +14,44 @@ import os
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_maskformer2_config", "add_score_config", "get_score_cfg"]
+__all__ = ["DEPRECATED_KEYS", "add_maskformer2_config", "add_score_config", "get_score_cfg"]
+
+# Mask2Former keys that SCORE never reads; merging them logs a warning and ignores them.
+DEPRECATED_KEYS = (
+    "INPUT.COLOR_AUG_SSD",
+    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA",
+    "INPUT.SIZE_DIVISIBILITY",
+    "MODEL.MASK_FORMER.ENC_LAYERS",
+    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE",
+    # The node (for a yaml that sets it) and its six keys (for the command line).
+    "MODEL.MASK_FORMER.TEST",
+    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON",
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
+    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD",
+    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
+    "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE",
+)
 
 
 def add_maskformer2_config(cfg: CN) -> None:
-    """Mask2Former's keys (as in its ``add_maskformer2_config``), with its defaults."""
-    # Data.
-    cfg.INPUT.DATASET_MAPPER_NAME = "score_instance_lsj"  # train mapper; see score/data/mappers.py
-    cfg.INPUT.COLOR_AUG_SSD = False
-    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    """The Mask2Former keys SCORE reads (as in its ``add_maskformer2_config``), with its defaults.
+
+    Mask2Former's keys for semantic and panoptic segmentation (``INPUT.COLOR_AUG_SSD``,
+    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``, ``INPUT.SIZE_DIVISIBILITY``,
+    ``MASK_FORMER.TEST.*``) and the ones its multi-scale decoder ignores
+    (``MASK_FORMER.ENC_LAYERS``, ``MASK_FORMER.TRANSFORMER_IN_FEATURE``) are left
+    out: SCORE does instance segmentation with the multi-scale decoder only. They
+    are registered as deprecated (``DEPRECATED_KEYS``), so that a yaml that sets
+    them (a config.yaml that detectron2 dumped before they were removed) still
+    loads, with a warning that names each ignored key. The names of
+    SCORE's own parts (mapper, head, pixel and transformer decoder) are set in
+    ``configs/Base-SCORE.yaml``.
+    """
+    for key in DEPRECATED_KEYS:
+        cfg.register_deprecated_key(key)
+    # Data: the training mapper, by name (score/data/mappers.py).
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     # Large-scale jitter: square target size (px) and random scale range.
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
@@ -45,34 +73,26 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.NHEADS = 8
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
-    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
     # Number of predictions: DEC_LAYERS - 1 decoder layers plus one on the initial queries.
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
     cfg.MODEL.MASK_FORMER.PRE_NORM = False
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
-    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
     cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
-    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
-    # Padding of the batch (px); the backbone's own size_divisibility when 0.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Padding of the batch (px): the padded size is a multiple of it; -1 takes
+    # the backbone's size_divisibility (Mask2Former's sentinel). 0, which meant
+    # the backbone's value in earlier SCORE configs, still does (with a warning).
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
     # Point-sampled mask losses (PointRend): points per mask, oversampling k, importance beta.
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
-    # Inference: SCORE does instance segmentation only.
-    cfg.MODEL.MASK_FORMER.TEST = CN()
-    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
-    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True
-    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
-    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
-    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
-    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     # Pixel decoder.
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
-    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
@@ -120,10 +140,15 @@ def add_score_config(cfg: CN) -> None:
     cfg.MODEL.SCORE.RANDOM_INIT_CLIP = False
     # Autocast of the frozen ConvNeXt CLIP image tower (its features and the
     # out-of-vocabulary embedding of pooled masks): "none" (its own float32) or
-    # "bf16" (bfloat16 autocast; used only on CUDA, a no-op on CPU). Its outputs
+    # "bf16" (bfloat16 autocast on the model's device, CUDA or CPU). Its outputs
     # are cast back to float32 for the trainable head. A speed option, not in the
     # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
     cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"
+    # Cross- and self-attention of the transformer decoder through PyTorch's fused
+    # scaled_dot_product_attention (need_weights=False) instead of the authors'
+    # explicit softmax (False). Faster, but the masks can differ: docs/DESIGN.md,
+    # "Numeric differences from the authors' computation".
+    cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION = False
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
     cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = ""

@@ -21,11 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
 from detectron2.structures import ImageList
+from detectron2.utils.logger import log_first_n
 from torch import Tensor, nn
 
+from .data.datasets import dataset_classes, train_vocabulary
 from .modeling.clip_weights import weights_fingerprint
 from .modeling.context import ContextFeatures, build_context_encoder
 from .modeling.criterion import SetCriterion
@@ -93,7 +94,7 @@ class SCORE(nn.Module):
             ensemble_on_valid_mask: out-vocabulary term only for non-empty masks.
             out_vocab_source: "clip" or "rsclip" (paper Table 6).
             frozen_towers_autocast: "none", or "bf16": bfloat16 autocast of the frozen
-                ConvNeXt image tower, on CUDA only (a no-op on CPU), outputs cast to float32.
+                ConvNeXt image tower on the model's device (CUDA or CPU), outputs cast to float32.
         """
         super().__init__()
         if out_vocab_source not in _OUT_VOCAB_SOURCES:
@@ -142,7 +143,7 @@ class SCORE(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         embed_dim = backbone.embed_dim
-        sem_seg_head = SCOREHead(cfg, backbone.output_shape())
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
         score_cfg = cfg.MODEL.SCORE
         needs_context = (
@@ -150,10 +151,15 @@ class SCORE(nn.Module):
         )
         context_encoder = build_context_encoder(cfg) if needs_context else None
 
-        train_class_names = list(score_cfg.TRAIN_VOCABULARY) or _dataset_classes(cfg.DATASETS.TRAIN, "TRAIN")
-        test_class_names = (
-            _dataset_classes(cfg.DATASETS.TEST, "TEST") if len(cfg.DATASETS.TEST) else train_class_names
-        )
+        train_class_names = train_vocabulary(cfg)
+        if not train_class_names:
+            raise ValueError(
+                "DATASETS.TRAIN is empty and MODEL.SCORE.TRAIN_VOCABULARY is not set: "
+                "the model needs a vocabulary"
+            )
+        test_class_names = train_class_names
+        if len(cfg.DATASETS.TEST):
+            test_class_names = dataset_classes(cfg.DATASETS.TEST[0], "DATASETS.TEST")
 
         mf = cfg.MODEL.MASK_FORMER
         final_weights = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
@@ -206,7 +212,7 @@ class SCORE(nn.Module):
             "test_class_names": test_class_names,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "size_divisibility": mf.SIZE_DIVISIBILITY or backbone.size_divisibility,
+            "size_divisibility": _size_divisibility(mf.SIZE_DIVISIBILITY, backbone),
             "context_input_size": score_cfg.CONTEXT_INPUT_SIZE,
             "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
             "geometric_ensemble_alpha": score_cfg.GEOMETRIC_ENSEMBLE_ALPHA,
@@ -272,9 +278,9 @@ class SCORE(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def frozen_tower_autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for the frozen ConvNeXt tower when configured and on CUDA, else nothing."""
-        if self.frozen_towers_autocast == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bfloat16 autocast on the model's device for the frozen ConvNeXt tower when configured."""
+        if self.frozen_towers_autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def image_features(self, images: Tensor) -> Dict[str, Tensor]:
@@ -405,14 +411,23 @@ class SCORE(nn.Module):
         return results
 
 
-def _dataset_classes(names: Sequence[str], key: str) -> List[str]:
-    """Class names of the first dataset of DATASETS.<key>, from its metadata."""
-    if not len(names):
-        raise ValueError(
-            f"DATASETS.{key} is empty and MODEL.SCORE.TRAIN_VOCABULARY is not set: "
-            "the model needs a vocabulary"
+def _size_divisibility(value: int, backbone: Backbone) -> int:
+    """MODEL.MASK_FORMER.SIZE_DIVISIBILITY, with -1 (Mask2Former's sentinel) for the backbone's value.
+
+    0 meant the backbone's value in earlier SCORE configs and still does, with a warning.
+    """
+    if value == 0:
+        log_first_n(
+            logging.WARNING,
+            "MODEL.MASK_FORMER.SIZE_DIVISIBILITY 0 is read as -1 (the backbone's value, "
+            f"{backbone.size_divisibility}); write -1, as Mask2Former does",
+            name=__name__,
         )
-    classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
-    if not classes:
-        raise KeyError(f"dataset {names[0]!r} (DATASETS.{key}) has no thing_classes in its metadata")
-    return list(classes)
+        value = -1
+    if value == -1:
+        return backbone.size_divisibility
+    if value < 0:
+        raise ValueError(
+            f"MODEL.MASK_FORMER.SIZE_DIVISIBILITY must be positive or -1 (the backbone's value), not {value}"
+        )
+    return value

@@ -9,7 +9,8 @@
 # are appended to every command. Then tools/collect_results.py writes the Table 1 row to
 # <run_dir>/eval_final/results.{md,csv}.
 # Environment: CONFIG, TARGETS (override the defaults), NUM_GPUS (default 1),
-# PYTHON (default .venv/bin/python if present, else python).
+# PYTHON (default .venv/bin/python if present, else python), EVAL_NAME (the folder
+# under <run_dir> instead of eval_final, e.g. for an ablation of the exponents).
 set -euo pipefail
 
 TRAIN=$1
@@ -25,6 +26,7 @@ shift
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=${CONFIG:-$DEFAULT_CONFIG}
+EVAL_DIR=$RUN_DIR/${EVAL_NAME:-eval_final}
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
@@ -36,7 +38,7 @@ for target in $TARGETS; do
     read -r alpha beta <<< "$exponents"
     echo "== $TRAIN -> $target: alpha $alpha, beta $beta"
     "$PYTHON" "$REPO/train_net.py" --config "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --dist-url auto --eval-only \
-        OUTPUT_DIR "$RUN_DIR/eval_final/$target" \
+        OUTPUT_DIR "$EVAL_DIR/$target" \
         DATASETS.TEST "('${target}_val_instance',)" \
         MODEL.WEIGHTS "$RUN_DIR/model_final.pth" \
         MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA "$alpha" \
@@ -45,4 +47,4 @@ for target in $TARGETS; do
 done
 
 # shellcheck disable=SC2086  # TARGETS is a word list
-"$PYTHON" "$REPO/tools/collect_results.py" "$RUN_DIR/eval_final" --targets $TARGETS
+"$PYTHON" "$REPO/tools/collect_results.py" "$EVAL_DIR" --targets $TARGETS

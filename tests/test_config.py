@@ -40,3 +40,41 @@ def test_unknown_key_is_refused(tmp_path):
         cfg.merge_from_file(str(bad))
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.SCORE.RAI.NUM_LAYER"):
         cfg.merge_from_list(["MODEL.SCORE.RAI.NUM_LAYER", "3"])
+
+
+def test_mask2former_keys_that_score_never_reads_are_absent_and_ignored_with_a_warning(tmp_path, caplog):
+    from score.config import DEPRECATED_KEYS
+
+    cfg = get_score_cfg()
+    for key in DEPRECATED_KEYS:
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node.get(part, {})
+        assert key.split(".")[-1] not in node, key
+    # A config.yaml that detectron2 dumped with them still loads; each key is named in a warning.
+    old = tmp_path / "dumped.yaml"
+    old.write_text(
+        "MODEL:\n  MASK_FORMER:\n    ENC_LAYERS: 0\n    TEST:\n      SEMANTIC_ON: False\n"
+        "INPUT:\n  SIZE_DIVISIBILITY: -1\n"
+    )
+    with caplog.at_level("WARNING"):
+        cfg.clone().merge_from_file(str(old))
+    for key in (
+        "MODEL.MASK_FORMER.ENC_LAYERS",
+        "MODEL.MASK_FORMER.TEST",
+        "INPUT.SIZE_DIVISIBILITY",
+    ):
+        assert f"Deprecated config key (ignoring): {key}\n" in caplog.text
+    cfg.clone().merge_from_list(["MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False"])
+
+
+def test_mask2former_defaults_stay_in_code_and_score_names_its_parts_in_the_base_yaml():
+    cfg = get_score_cfg()
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "mask_former_semantic"
+    assert cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME == "BasePixelDecoder"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == "MultiScaleMaskedTransformerDecoder"
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "Base-SCORE.yaml"))
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "score_instance_lsj"
+    assert cfg.MODEL.SEM_SEG_HEAD.NAME == "SCOREHead"
+    assert cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME == "MSDeformAttnPixelDecoder"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == "SCOREMultiScaleMaskedTransformerDecoder"

@@ -202,3 +202,40 @@ def test_rai_kernel_is_fixed_after_the_last_warmup_update(make_inputs, monkeypat
     assert not rai.in_gumbel_phase
     assert used and set(used) == {candidates[-1]}
     assert int(rai.fixed_kernel) == candidates[-1] == rai.current_kernel()
+
+
+def test_head_is_built_from_the_registry_by_name(tmp_path):
+    import importlib.util
+
+    from detectron2.engine import default_argument_parser
+    from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+    from score.modeling.head import SCOREHead
+    from tests.conftest import REPO, TINY_CONFIG
+
+    assert SEM_SEG_HEADS_REGISTRY.get("SCOREHead") is SCOREHead
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path)]
+        + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]
+    )
+    with pytest.raises(KeyError, match="No object named 'NoSuchHead' found in 'SEM_SEG_HEADS' registry"):
+        train_net.main(args)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(-1, 32), (0, 32), (64, 64)])
+def test_size_divisibility_minus_one_is_the_backbones(value, expected, make_inputs):
+    model = build_model(tiny_cfg("MODEL.MASK_FORMER.SIZE_DIVISIBILITY", str(value)))
+    assert model.backbone.size_divisibility == 32
+    assert model.size_divisibility == expected
+    assert model.preprocess_image(make_inputs([(70, 50)])).tensor.shape[-2:] == (
+        -(-70 // expected) * expected,
+        -(-50 // expected) * expected,
+    )
+
+
+def test_negative_size_divisibility_other_than_minus_one_is_refused():
+    with pytest.raises(ValueError, match="SIZE_DIVISIBILITY must be positive or -1.* not -2"):
+        build_model(tiny_cfg("MODEL.MASK_FORMER.SIZE_DIVISIBILITY", "-2"))

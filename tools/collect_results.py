@@ -49,8 +49,9 @@ def results_row(results: dict[str, dict], task: str = "segm") -> tuple[list[str]
 
     Returns:
         (["<target>", ..., "average", "<target> seen", "<target> unseen", ...],
-        the matching numbers in percent). Seen / unseen columns appear for the
-        targets whose evaluation has them.
+        "mean seen", "mean unseen"], the matching numbers in percent). Seen /
+        unseen columns appear for the targets whose evaluation has them; a
+        mean is over those targets.
     """
     header, values = [], []
     for target, result in results.items():
@@ -60,11 +61,17 @@ def results_row(results: dict[str, dict], task: str = "segm") -> tuple[list[str]
         values.append(_number(result[task]["AP"]))
     header.append("average")
     values.append(sum(values) / len(values))
+    groups: dict[str, list[float]] = {"seen": [], "unseen": []}
     for target, result in results.items():
-        for group in ("seen", "unseen"):
+        for group in groups:
             if group in result[task]:
                 header.append(f"{target} {group}")
                 values.append(_number(result[task][group]["AP"]))
+                groups[group].append(values[-1])
+    for group, group_values in groups.items():
+        if group_values:
+            header.append(f"mean {group}")
+            values.append(sum(group_values) / len(group_values))
     return header, values
 
 

@@ -20,18 +20,22 @@ seed) and writes an open_clip state dict (fp16), which loads through
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import math
 import time
 from collections import defaultdict
 
+import cv2
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 
 from score.data.datasets import SPLITS, canonical_class_name
+from score.modeling.open_vocab import mask_pool
 from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, register_tiny_clip_configs
-from synthetic_world import draw_object, draw_surround, recipe_for, surround_radius
+from synthetic_world import draw_object, draw_surround, recipe_for, render_image, surround_radius
 from synthetic_world.scenes import _background
 
 logger = logging.getLogger("pretrain_tiny_clip")
@@ -70,6 +74,48 @@ def render_crop(rng: np.random.Generator, concept_name: str, size: int) -> np.nd
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
 
 
+def render_regions(rng: np.random.Generator, concept_names: list[str], num_scenes: int, size: int):
+    """Scenes holding the given concepts once each -> images (S, H, W, 3) uint8, and per object
+    (scene index, concept index, mask (H, W) bool). Objects of a concept already drawn are dropped."""
+    queue = collections.deque(range(len(concept_names)))
+    images, regions, drawn = [], [], set()
+    for scene in range(num_scenes):
+        if not queue:
+            break
+        image, objects = render_image(rng, size, size, queue, concept_names)
+        images.append(image)
+        for label, outline in objects:
+            if label in drawn:
+                continue
+            drawn.add(label)
+            mask = np.zeros((size, size), np.uint8)
+            cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 1)
+            regions.append((scene, label, mask.astype(bool)))
+    return np.stack(images), regions
+
+
+def region_features(model, images: torch.Tensor, regions) -> tuple[torch.Tensor, list[int]]:
+    """Mask-pooled dense features of the ConvNeXt trunk, mapped to the joint space as the detector does.
+
+    The same path as ``CLIPConvNeXtBackbone`` + ``SCORE.out_vocab_logits``:
+    the trunk's dense map at stride 32, hard mask pooling (``mask_pool``),
+    then the trunk head and the CLIP projection. Objects whose mask vanishes
+    on the stride-32 grid are skipped; returns the features and the kept indices.
+    """
+    trunk = model.visual.trunk
+    dense = trunk.forward_features(images)
+    masks = torch.stack([torch.from_numpy(m) for _, _, m in regions]).float()
+    logits = F.interpolate(masks[:, None], size=dense.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    kept = [i for i in range(len(regions)) if bool((logits[i] > 0.5).any())]
+    features = []
+    for i in kept:
+        scene = regions[i][0]
+        features.append(mask_pool(dense[scene : scene + 1], logits[i][None, None] - 0.5)[0, 0])
+    pooled = torch.stack(features)
+    x = model.visual.head(trunk.head(pooled[:, :, None, None]))
+    return F.normalize(x, dim=-1), kept
+
+
 def to_tensor(crops: list[np.ndarray], model) -> torch.Tensor:
     """uint8 crops -> normalised (N, 3, S, S) float tensor with the model's mean and std."""
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
@@ -79,16 +125,23 @@ def to_tensor(crops: list[np.ndarray], model) -> torch.Tensor:
 
 
 @torch.no_grad()
+def text_weights(model, tokenizer, concepts: dict[str, list[str]]) -> torch.Tensor:
+    """(num concepts, D) zero-shot classifier: each concept's names x templates, averaged and normalised."""
+    weights = []
+    for names in concepts.values():
+        emb = model.encode_text(
+            tokenizer([t.format(n) for n in names for t in TEMPLATES]), normalize=True
+        ).mean(0)
+        weights.append(emb / emb.norm())
+    return torch.stack(weights)
+
+
+@torch.no_grad()
 def zero_shot_top1(model, tokenizer, concepts: dict[str, list[str]], seed: int, per_concept: int, size: int):
     """Top-1 of held-out crops over all concepts; a concept's classifier: its names x templates, averaged."""
     model.eval()
     keys = list(concepts)
-    weights = []
-    for key in keys:
-        prompts = [t.format(n) for n in concepts[key] for t in TEMPLATES]
-        emb = model.encode_text(tokenizer(prompts), normalize=True).mean(0)
-        weights.append(emb / emb.norm())
-    weights = torch.stack(weights)
+    weights = text_weights(model, tokenizer, concepts)
     rng = np.random.default_rng(seed)
     correct = 0
     for label, key in enumerate(keys):
@@ -97,6 +150,32 @@ def zero_shot_top1(model, tokenizer, concepts: dict[str, list[str]], seed: int, 
         correct += int((feats @ weights.T).argmax(1).eq(label).sum())
     model.train()
     return correct / (len(keys) * per_concept)
+
+
+def caption(rng: np.random.Generator, names: list[str]) -> str:
+    """A random template filled with a random name of the concept."""
+    return TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))])
+
+
+@torch.no_grad()
+def zero_shot_region_top1(
+    model, tokenizer, concepts: dict[str, list[str]], seed: int, size: int, rounds: int = 4
+):
+    """Top-1 over all concepts of mask-pooled regions of held-out scenes (the out-of-vocabulary path)."""
+    model.eval()
+    weights = text_weights(model, tokenizer, concepts)
+    keys = list(concepts)
+    rng = np.random.default_rng(seed)
+    correct = total = 0
+    for _ in range(rounds):
+        order = rng.permutation(len(keys))
+        images, regions = render_regions(rng, [concepts[keys[i]][0] for i in order], 4 * len(keys), size)
+        feats, kept = region_features(model, to_tensor(list(images), model), regions)
+        labels = torch.tensor([int(order[regions[i][1]]) for i in kept])
+        correct += int((feats @ weights.T).argmax(1).eq(labels).sum())
+        total += len(kept)
+    model.train()
+    return correct / total
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,6 +192,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=48, help="distinct concepts per batch (at most all)")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
+    parser.add_argument(
+        "--region-scenes",
+        type=int,
+        default=8,
+        help="scenes per step whose mask-pooled object regions are trained too (0: crops only)",
+    )
+    parser.add_argument("--region-size", type=int, default=256, help="side of those scenes, pixels")
     parser.add_argument("--eval-per-concept", type=int, default=10, help="held-out crops per concept")
     parser.add_argument("--seed", type=int, default=0, help="training seed; held-out crops use seed + 1000")
     return parser.parse_args(argv)
@@ -137,15 +223,27 @@ def main(argv=None) -> float:
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     model.train()
+    primary = [concepts[k][0] for k in keys]
     for step in range(args.steps):
         batch = rng.choice(len(keys), size=min(args.batch, len(keys)), replace=False)
         crops, captions = [], []
         for i in batch:
-            names = concepts[keys[i]]
-            crops.append(render_crop(rng, names[0], size))
-            captions.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))]))
+            crops.append(render_crop(rng, primary[i], size))
+            captions.append(caption(rng, concepts[keys[i]]))
         image_features, text_features, logit_scale = model(to_tensor(crops, model), tokenizer(captions))
         loss = loss_fn(image_features, text_features, logit_scale)
+        if args.region_scenes:
+            # The detector pools the trunk's dense map inside masks of whole scenes
+            # (out-of-vocabulary term): train that path too, on distinct concepts.
+            batch = rng.choice(len(keys), size=min(args.batch, len(keys)), replace=False)
+            images, regions = render_regions(
+                rng, [primary[i] for i in batch], args.region_scenes, args.region_size
+            )
+            region_feats, kept = region_features(model, to_tensor(list(images), model), regions)
+            region_text = model.encode_text(
+                tokenizer([caption(rng, concepts[keys[batch[regions[i][1]]]]) for i in kept]), normalize=True
+            )
+            loss = 0.5 * (loss + loss_fn(region_feats, region_text, model.logit_scale.exp()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -156,6 +254,11 @@ def main(argv=None) -> float:
             )
     top1 = zero_shot_top1(model, tokenizer, concepts, args.seed + 1000, args.eval_per_concept, size)
     logger.info("zero-shot top-1 over %d concepts on held-out crops: %.1f %%", len(keys), 100 * top1)
+    region_top1 = zero_shot_region_top1(model, tokenizer, concepts, args.seed + 1000, args.region_size)
+    logger.info(
+        "zero-shot top-1 over %d concepts of mask-pooled regions of held-out scenes: %.1f %%",
+        len(keys), 100 * region_top1,
+    )  # fmt: skip
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(state, args.out)
     logger.info(

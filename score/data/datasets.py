@@ -44,9 +44,11 @@ __all__ = [
     "ENSEMBLE_EXPONENTS",
     "SPLITS",
     "SplitSpec",
+    "dataset_classes",
     "dataset_root",
     "ensemble_exponents",
     "load_instance_json",
+    "train_vocabulary",
     "canonical_class_name",
     "register_all",
     "register_instance_dataset",
@@ -323,3 +325,22 @@ def ensemble_exponents(train_dataset: str, test_dataset: str) -> tuple[float, fl
 
 
 register_all()
+
+
+def dataset_classes(name: str, key: str) -> list[str]:
+    """``thing_classes`` of the registered dataset ``name`` (found under config key ``key``)."""
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if not classes:
+        raise KeyError(f"dataset {name!r} ({key}) has no thing_classes in its metadata")
+    return list(classes)
+
+
+def train_vocabulary(cfg) -> list[str]:
+    """The training vocabulary: MODEL.SCORE.TRAIN_VOCABULARY, else the classes of
+    DATASETS.TRAIN[0]; empty when neither is set. It decides which test classes are
+    seen (SCORE.md 7.3) for the model and for the evaluator alike."""
+    if len(cfg.MODEL.SCORE.TRAIN_VOCABULARY):
+        return list(cfg.MODEL.SCORE.TRAIN_VOCABULARY)
+    if len(cfg.DATASETS.TRAIN):
+        return dataset_classes(cfg.DATASETS.TRAIN[0], "DATASETS.TRAIN")
+    return []

@@ -58,6 +58,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from score.checkpoint import SCORECheckpointer
+from score.data.datasets import train_vocabulary
 from score.data.mappers import build_test_mapper, build_train_mapper
 from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
@@ -220,15 +221,6 @@ def adapt_cfg_to_device(cfg: CfgNode) -> CfgNode:
     if was_frozen:
         cfg.freeze()
     return cfg
-
-
-def train_vocabulary(cfg: CfgNode) -> list[str]:
-    """MODEL.SCORE.TRAIN_VOCABULARY, or the classes of DATASETS.TRAIN[0]; empty if neither is set."""
-    if len(cfg.MODEL.SCORE.TRAIN_VOCABULARY):
-        return list(cfg.MODEL.SCORE.TRAIN_VOCABULARY)
-    if len(cfg.DATASETS.TRAIN):
-        return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
-    return []
 
 
 def test_seen_flags(cfg: CfgNode, dataset_name: str) -> Optional[list[bool]]:

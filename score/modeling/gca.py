@@ -67,8 +67,9 @@ class GlobalContextAdaptation(nn.Module):
                 f"got {tuple(text_classifier.shape)} and {tuple(global_embed.shape)}"
             )
         num_images = global_embed.shape[0]
-        # The context tower may run in fp16; normalise in the classifier's dtype.
-        g = F.normalize(global_embed.to(text_classifier.dtype), dim=-1)
+        # Normalised in the context tower's dtype (float16 by default), then cast to the
+        # classifier's, as the authors compute it (docs/DESIGN.md, "Numeric differences").
+        g = F.normalize(global_embed, dim=-1).to(text_classifier.dtype)
         rows = text_classifier[None]
         if self.mode == "none":
             return rows.expand(num_images, -1, -1)

@@ -2,6 +2,8 @@
 
 Mask2Former calls this pair ``sem_seg_head``; the authors' checkpoints keep
 that name (``sem_seg_head.pixel_decoder.*``, ``sem_seg_head.predictor.*``).
+It is registered in detectron2's ``SEM_SEG_HEADS_REGISTRY`` and built from
+``MODEL.SEM_SEG_HEAD.NAME`` (``build_sem_seg_head``), as Mask2Former's heads are.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 
 from .pixel_decoder import build_pixel_decoder
@@ -18,6 +21,7 @@ from .transformer_decoder import build_transformer_decoder
 __all__ = ["SCOREHead"]
 
 
+@SEM_SEG_HEADS_REGISTRY.register()
 class SCOREHead(nn.Module):
     """Runs the pixel decoder on the backbone features and the transformer decoder on its output."""
 

@@ -105,6 +105,7 @@ def test_image_without_annotations_gets_empty_masks(tmp_path):
 
 def test_lsj_from_config_gives_fixed_size_outputs(tmp_path):
     cfg = get_score_cfg()
+    cfg.INPUT.DATASET_MAPPER_NAME = "score_instance_lsj"  # Base-SCORE.yaml's
     cfg.INPUT.IMAGE_SIZE = 64
     cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE = 0.1, 2.0
     mapper = build_train_mapper(cfg)
@@ -184,6 +185,7 @@ def test_lsj_on_real_nwpu_images():
         "score_test_nwpu_sample",
     )
     cfg = get_score_cfg()
+    cfg.INPUT.DATASET_MAPPER_NAME = "score_instance_lsj"  # Base-SCORE.yaml's
     cfg.INPUT.IMAGE_SIZE = 256
     mapper = build_train_mapper(cfg)
     np.random.seed(1)

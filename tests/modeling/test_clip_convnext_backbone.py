@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,13 +85,40 @@ def test_pooled_to_embedding_is_trunk_head_then_clip_head(backbone):
     torch.testing.assert_close(out, direct, atol=1e-5, rtol=1e-5)
 
 
-def test_encode_text_uses_the_clip_text_tower(backbone):
+def _text_tower_direct(clip_model, tokens):
+    """CLIP's text tower written out (Radford et al. 2021): causal pre-norm blocks, then the
+    final LayerNorm at the end-of-text token (the largest id) times the text projection."""
+    x = clip_model.token_embedding(tokens) + clip_model.positional_embedding
+    length = tokens.shape[1]
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    for block in clip_model.transformer.resblocks:
+        attn = block.attn
+        heads, width = attn.num_heads, x.shape[-1]
+        h = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+        q, k, v = (h @ attn.in_proj_weight.t() + attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in (q, k, v))
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(width // heads) + causal).softmax(-1)
+        mixed = (weights @ v).transpose(1, 2).flatten(2)
+        x = x + mixed @ attn.out_proj.weight.t() + attn.out_proj.bias
+        h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+        fc, proj = block.mlp.c_fc, block.mlp.c_proj
+        x = x + F.gelu(h @ fc.weight.t() + fc.bias) @ proj.weight.t() + proj.bias
+    ln = clip_model.ln_final
+    x = F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+    return x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ clip_model.text_projection
+
+
+def test_encode_text_is_the_text_tower_at_the_end_of_text_token(backbone):
     prompts = ["aerial photo of a ship.", "satellite view of the harbor."]
     out = backbone.encode_text(prompts)
+    tokens = backbone.tokenizer(prompts)
+    assert tokens.shape == (2, 77)
+    # CLIP BPE: start-of-text 49406, end-of-text 49407 (the largest id), zeros after it.
+    assert torch.all(tokens[:, 0] == 49406) and torch.all(tokens.max(dim=-1).values == 49407)
     with torch.no_grad():
-        expected = backbone.clip_model.encode_text(backbone.tokenizer(prompts))
+        expected = _text_tower_direct(backbone.clip_model, tokens)
     assert out.shape == (2, 64)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out.norm(dim=-1), torch.ones(2))  # not normalised
 
 

@@ -86,6 +86,25 @@ def test_fp16_global_embed_gives_classifier_dtype(mode):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("mode", ["mha", "add"])
+def test_fp16_global_embed_is_normalised_in_fp16_then_cast(mode):
+    torch.manual_seed(0)
+    gca = GlobalContextAdaptation(embed_dim=D, mode=mode, nheads=2)
+    text, global_embed = classifier(), (3 * torch.randn(4, D)).half()
+    # ||g|| and g / ||g|| computed in float16, as the authors' fp16 tower gives it, then cast.
+    g16 = global_embed / global_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    g = g16.float()
+    assert not torch.equal(g, F.normalize(global_embed.float(), dim=-1))  # float32 would differ
+    if mode == "add":
+        expected = text[None] + g[:, None]
+    else:
+        attn = gca.attn
+        value = F.linear(g, attn.in_proj_weight[2 * D :], attn.in_proj_bias[2 * D :])
+        expected = text[None] + F.linear(value, attn.out_proj.weight, attn.out_proj.bias)[:, None]
+    with torch.no_grad():
+        torch.testing.assert_close(gca(text, global_embed), expected, atol=1e-6, rtol=1e-6)
+
+
 def test_wrong_mode_names_key_and_value():
     with pytest.raises(ValueError, match="MODEL.SCORE.GCA.MODE.*'sum'"):
         GlobalContextAdaptation(embed_dim=D, mode="sum")

@@ -206,3 +206,119 @@ def test_a_few_steps_of_a_tiny_decoder_reduce_the_loss():
         optimizer.step()
         history.append(loss.item())
     assert sum(history[-3:]) / 3 < 0.6 * history[0]
+
+
+def _bilinear_at(masks, coords):
+    """Values of masks (N, H, W) at normalised points (N, P, 2) in [0, 1] (x, y), bilinear with
+    pixel centres at (i + 0.5) / size and zeros outside, as PointRend's point_sample samples."""
+    n, height, width = masks.shape
+    x = coords[..., 0] * width - 0.5
+    y = coords[..., 1] * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    values = torch.zeros(coords.shape[:2])
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
+            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+            flat = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long()
+            values += torch.where(inside, weight * masks.flatten(1).gather(1, flat), 0.0)
+    return values
+
+
+def _bce(logits, targets):
+    """Sigmoid BCE of every point: -(y log s(x) + (1 - y) log(1 - s(x)))."""
+    return -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
+
+
+def _dice(logits, targets):
+    """1 - (2 sum(s(x) y) + 1) / (sum s(x) + sum y + 1) over the points."""
+    probs = logits.sigmoid()
+    return 1 - (2 * (probs * targets).sum(-1) + 1) / (probs.sum(-1) + targets.sum(-1) + 1)
+
+
+def test_matcher_cost_matrix_equals_a_direct_computation_on_the_same_points():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, K + 1, generator=g)
+    masks = 3 * torch.randn(5, 12, 10, generator=g)
+    labels = torch.tensor([1, 0, 1])
+    target_masks = (torch.rand(3, 24, 20, generator=g) > 0.5).float()
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=3.0, num_points=64)
+    torch.manual_seed(7)
+    cost = matcher.image_cost(logits, masks, labels, target_masks)
+    torch.manual_seed(7)  # the matcher draws its uniform points with torch.rand
+    coords = torch.rand(1, 64, 2)
+
+    pred = _bilinear_at(masks, coords.expand(5, -1, -1))
+    target = _bilinear_at(target_masks, coords.expand(3, -1, -1))
+    probs = logits.softmax(-1)
+    expected = torch.empty(5, 3)
+    for q in range(5):
+        for t in range(3):
+            expected[q, t] = (
+                -2.0 * probs[q, labels[t]]
+                + 5.0 * _bce(pred[q], target[t]).mean()
+                + 3.0 * _dice(pred[q], target[t])
+            )
+    torch.testing.assert_close(cost, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_matcher_assignment_has_the_minimal_total_cost():
+    import itertools
+
+    g = torch.Generator().manual_seed(4)
+    outputs = {
+        "pred_logits": torch.randn(1, 5, K + 1, generator=g),
+        "pred_masks": torch.randn(1, 5, 8, 8, generator=g),
+    }
+    targets = [
+        {"labels": torch.tensor([0, 1, 1]), "masks": (torch.rand(3, 16, 16, generator=g) > 0.5).float()}
+    ]
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=32)
+    torch.manual_seed(5)
+    ((rows, cols),) = matcher(outputs, targets)
+    torch.manual_seed(5)
+    cost = matcher.image_cost(
+        outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"]
+    )
+    best = min(sum(cost[q, t] for t, q in enumerate(qs)) for qs in itertools.permutations(range(5), 3))
+    torch.testing.assert_close(cost[rows, cols].sum(), best)
+
+
+def test_mask_losses_equal_a_direct_computation_on_the_sampled_points(monkeypatch):
+    import score.modeling.criterion as criterion_module
+
+    drawn = {}
+    real = criterion_module.get_uncertain_point_coords_with_randomness
+
+    def recording(*args, **kwargs):
+        drawn["coords"] = real(*args, **kwargs)
+        return drawn["coords"]
+
+    monkeypatch.setattr(criterion_module, "get_uncertain_point_coords_with_randomness", recording)
+    outputs = random_outputs(batch=2, queries=4, size=(8, 12), num_aux=0, seed=5)
+    targets = [
+        {"labels": torch.tensor([0, 1]), "masks": half_masks(16, 24)},
+        {"labels": torch.tensor([1]), "masks": half_masks(16, 24)[1:]},
+    ]
+    criterion = make_criterion(num_aux=0, num_points=50)
+    torch.manual_seed(0)
+    indices = criterion.matcher(outputs, targets)
+    torch.manual_seed(0)
+    losses = criterion(outputs, targets)
+
+    pred = torch.cat([outputs["pred_masks"][b, rows] for b, (rows, _) in enumerate(indices)]).detach()
+    target = torch.cat([t["masks"][cols] for t, (_, cols) in zip(targets, indices)])
+    coords = drawn["coords"]
+    assert coords.shape == (3, 50, 2)
+    point_logits = _bilinear_at(pred, coords)
+    point_labels = _bilinear_at(target, coords)
+    num_masks = 3
+    torch.testing.assert_close(
+        losses["loss_mask"], _bce(point_logits, point_labels).mean(-1).sum() / num_masks
+    )
+    torch.testing.assert_close(losses["loss_dice"], _dice(point_logits, point_labels).sum() / num_masks)
+    # PointRend importance sampling: 3/4 of the points are the most uncertain of 3 x 50 candidates,
+    # so they lie nearer the mask boundary (logit 0) than uniform points do.
+    uniform = _bilinear_at(pred, torch.rand(3, 50, 2)).abs().mean()
+    assert point_logits.abs().mean() < uniform

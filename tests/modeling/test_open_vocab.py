@@ -88,15 +88,31 @@ def test_geometric_ensemble_seen_unseen_and_void():
     torch.testing.assert_close(result, torch.log(probs + 1e-8))
 
 
+def _ensemble_direct(in_logits, out_logits, exponents):
+    """SCORE.md 7.3 written out: p = p_in^(1 - e) p_out^e over the K classes (void removed),
+    renormalised, times 1 - p_void of the in-vocabulary softmax with void; void appended."""
+    p_in = in_logits[..., :-1].softmax(-1)
+    p_out = out_logits[..., :-1].softmax(-1)
+    p = p_in ** (1 - exponents) * p_out**exponents
+    void = in_logits.softmax(-1)[..., -1:]
+    return torch.log(torch.cat([p / p.sum(-1, keepdim=True) * (1 - void), void], dim=-1) + 1e-8)
+
+
 def test_geometric_ensemble_valid_mask_keeps_in_vocabulary_for_empty_masks():
-    in_logits = torch.randn(1, 2, 3)
-    out_logits = torch.randn(1, 2, 3)
-    seen = torch.tensor([True, False])
-    valid = torch.tensor([[True, False]])
+    torch.manual_seed(2)
+    in_logits = torch.randn(2, 3, 4)  # 3 classes + void
+    out_logits = torch.randn(2, 3, 4)
+    seen = torch.tensor([True, False, True])
+    valid = torch.tensor([[True, False, True], [False, True, True]])
     result = geometric_ensemble(in_logits, out_logits, seen, 0.4, 0.8, valid)
-    alone = geometric_ensemble(in_logits, in_logits, seen, 0.4, 0.8)  # p_out = p_in: in-vocabulary only
-    torch.testing.assert_close(result[0, 1], alone[0, 1])
-    assert not torch.allclose(result[0, 0], alone[0, 0])
+
+    ensembled = _ensemble_direct(in_logits, out_logits, torch.tensor([0.4, 0.8, 0.4]))
+    # An empty mask keeps p_in: renormalised over K and times 1 - p_void, that is the
+    # in-vocabulary softmax with void, unchanged.
+    in_vocabulary = torch.log(in_logits.softmax(-1) + 1e-8)
+    expected = torch.where(valid[..., None], ensembled, in_vocabulary)
+    torch.testing.assert_close(result, expected)
+    assert not torch.allclose(ensembled[~valid], in_vocabulary[~valid], atol=1e-3)
 
 
 def test_geometric_ensemble_is_finite_when_probabilities_underflow():

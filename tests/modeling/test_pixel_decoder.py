@@ -146,6 +146,7 @@ def test_sine_position_encoding_matches_formula():
 
 def test_full_size_parameter_count_and_checkpoint_names():
     cfg = get_score_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # Base-SCORE.yaml's
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

@@ -173,3 +173,44 @@ def test_invalid_arguments(weights_file):
         make_encoder(weights_file, patch_layers=[3])
     with pytest.raises(ValueError, match="not an OpenAI-layout ViT"):
         make_encoder(model_name=TINY_CONVNEXT)
+
+
+def _seq_first_block(block):
+    """The authors' block: (L, B, W) attention, as open_clip's seq-first blocks computed it."""
+
+    def forward(x, attn_mask=None):
+        attn = block.attn
+        y = block.ln_1(x).transpose(0, 1)  # (L, B, W)
+        attended, _ = F.multi_head_attention_forward(
+            y, y, y, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
+            None, None, False, 0.0, attn.out_proj.weight, attn.out_proj.bias,
+            training=False, need_weights=False,
+        )  # fmt: skip
+        x = x + block.ls_1(attended.transpose(0, 1))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    return forward
+
+
+def test_float16_blocks_compute_attention_as_the_authors_seq_first_blocks(weights_file, monkeypatch):
+    import score.modeling.context.remoteclip as remoteclip
+
+    encoder = make_encoder(weights_file, dtype="float16", patch_layers=[0, 1])
+    images = _images()
+    features = encoder(images)
+    with monkeypatch.context() as patch:
+        for block in encoder.clip_model.visual.transformer.resblocks[:-1]:
+            patch.setattr(block, "forward", _seq_first_block(block))
+        reference = encoder(images)
+    for got, expected in [
+        (features.global_embed, reference.global_embed),
+        (features.dense, reference.dense),
+        (features.patch_layers[0], reference.patch_layers[0]),
+    ]:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # PyTorch's fused fast path (what open_clip's batch-first blocks take in eval mode) differs.
+    original = remoteclip._mha_fast_path
+    monkeypatch.setattr(remoteclip, "_mha_fast_path", lambda enabled: original(True))
+    fused = encoder(images)
+    assert not torch.equal(fused.patch_layers[0], reference.patch_layers[0])
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

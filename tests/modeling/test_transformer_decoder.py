@@ -16,6 +16,7 @@ from score.modeling.transformer_decoder import build_transformer_decoder
 from score.modeling.transformer_decoder.score_transformer_decoder import (
     CrossAttentionLayer,
     SCOREMultiScaleMaskedTransformerDecoder,
+    SelfAttentionLayer,
     attention_mask_from_logits,
 )
 
@@ -95,6 +96,7 @@ def test_full_size_parameter_count_and_checkpoint_names():
 
 def test_build_from_config_reads_the_keys():
     cfg = get_score_cfg()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
     cfg.MODEL.SCORE.RAI.ENABLED = False
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 4
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 7
@@ -245,3 +247,73 @@ def test_every_parameter_gets_a_finite_gradient():
 def test_mask_dim_must_match_hidden_dim():
     with pytest.raises(ValueError, match="mask_dim"):
         tiny_decoder(mask_dim=HIDDEN * 2)
+
+
+def _explicit_attention(attn: nn.MultiheadAttention, query, key, value, blocked=None):
+    """Multi-head attention written out (Vaswani et al. 2017) on (length, B, C) sequences:
+    per head softmax(q k^T / sqrt(d) with blocked pairs at -inf) v, then the output projection."""
+    length, batch, width = query.shape
+    head_dim = width // attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def heads(x, w, b):  # (length, B, C) -> (B * M, length, C / M)
+        return F.linear(x, w, b).reshape(x.shape[0], batch * attn.num_heads, head_dim).transpose(0, 1)
+
+    q, k, v = heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
+    scores = (q * math.sqrt(1.0 / head_dim)) @ k.transpose(1, 2)
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, float("-inf"))
+    mixed = (scores.softmax(-1) @ v).transpose(0, 1).reshape(length * batch, width)
+    return F.linear(mixed, attn.out_proj.weight, attn.out_proj.bias).view(length, batch, width)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_layers_compute_the_explicit_softmax_unless_fused(fused):
+    torch.manual_seed(0)
+    cross = CrossAttentionLayer(HIDDEN, HEADS, fused_attention=fused).eval()
+    self_attn = SelfAttentionLayer(HIDDEN, HEADS, fused_attention=fused).eval()
+    tgt, query_pos = torch.randn(300, 2, HIDDEN), torch.randn(300, 2, HIDDEN)
+    memory, pos = torch.randn(96, 2, HIDDEN), torch.randn(96, 2, HIDDEN)
+    blocked = torch.rand(2 * HEADS, 300, 96) < 0.5
+    with torch.no_grad():
+        got = [cross(tgt, memory, blocked, pos, query_pos), self_attn(tgt, query_pos)]
+        q = tgt + query_pos
+        expected = [
+            cross.norm(tgt + _explicit_attention(cross.multihead_attn, q, memory + pos, memory, blocked)),
+            self_attn.norm(tgt + _explicit_attention(self_attn.self_attn, q, q, tgt)),
+        ]
+    for out, ref in zip(got, expected):
+        if fused:
+            # The same values up to the fused kernel's rounding, which differs.
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            assert not torch.equal(out, ref)
+        else:
+            # The authors' computation (need_weights=True): bit for bit.
+            torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_fused_attention_key_reaches_every_layer_and_runs():
+    cfg = get_score_cfg()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
+    cfg.MODEL.SCORE.RAI.ENABLED = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = HIDDEN
+    cfg.MODEL.MASK_FORMER.NHEADS, cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = HEADS, 64
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES, cfg.MODEL.MASK_FORMER.DEC_LAYERS = QUERIES, 4
+    cfg.MODEL.SCORE.EMBED_DIM = D
+    assert cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION is False
+    decoders = []
+    for fused in (False, True):
+        cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION = fused
+        torch.manual_seed(0)
+        decoders.append(build_transformer_decoder(cfg, HIDDEN).eval())
+        layers = [
+            *decoders[-1].transformer_cross_attention_layers,
+            *decoders[-1].transformer_self_attention_layers,
+        ]
+        assert [layer.fused_attention for layer in layers] == [fused] * 6
+    x, mask_features, classifier = tiny_inputs()
+    with torch.no_grad():
+        explicit, fused = (decoder(x, mask_features, classifier, NUM_SYNONYMS) for decoder in decoders)
+    torch.testing.assert_close(fused["pred_logits"], explicit["pred_logits"], atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(fused["pred_masks"]).all()

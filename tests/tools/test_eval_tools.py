@@ -42,14 +42,16 @@ def test_collect_results_builds_the_table_1_row(tmp_path):
 
     assert markdown == (
         "| run | nwpu | sota | fast | sior | average | nwpu seen | nwpu unseen | sota seen | sota unseen "
-        "| sior seen |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        "| score_isaid | 67.59 | 42.57 | 13.67 | 30.90 | 38.68 | 70.00 | 55.00 | 45.12 | 30.00 | 33.00 |\n"
+        "| sior seen | mean seen | mean unseen |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "| score_isaid | 67.59 | 42.57 | 13.67 | 30.90 | 38.68 | 70.00 | 55.00 | 45.12 | 30.00 | 33.00 "
+        "| 49.38 | 42.50 |\n"
     )
     assert (eval_dir / "results.md").read_text() == markdown
     assert (eval_dir / "results.csv").read_text() == (
-        "run,nwpu,sota,fast,sior,average,nwpu seen,nwpu unseen,sota seen,sota unseen,sior seen\n"
-        "score_isaid,67.59,42.57,13.67,30.90,38.68,70.00,55.00,45.12,30.00,33.00\n"
+        "run,nwpu,sota,fast,sior,average,nwpu seen,nwpu unseen,sota seen,sota unseen,sior seen,"
+        "mean seen,mean unseen\n"
+        "score_isaid,67.59,42.57,13.67,30.90,38.68,70.00,55.00,45.12,30.00,33.00,49.38,42.50\n"
     )
 
 

@@ -55,3 +55,18 @@ def test_pretraining_reaches_the_shipped_accuracy(tmp_path):
     shipped = _shipped_top1(module, per_concept=10)
     top1 = module.main(["--out", str(tmp_path / "convnext.pt"), "--seed", "0"])
     assert top1 >= shipped - 0.05, f"rerun {top1:.3f} vs shipped {shipped:.3f}"
+
+
+def test_shipped_checkpoint_names_mask_pooled_scene_regions():
+    """The detector's out-of-vocabulary path: objects of whole scenes, pooled from the trunk's dense map."""
+    import open_clip
+
+    from score.modeling.clip_weights import create_clip_model
+    from score.modeling.tiny_clip import TINY_CONVNEXT
+
+    module = _pretrain_module()
+    concepts = module.concept_names()
+    model = create_clip_model(TINY_CONVNEXT, CHECKPOINT)
+    tokenizer = open_clip.get_tokenizer(TINY_CONVNEXT)
+    top1 = module.zero_shot_region_top1(model, tokenizer, concepts, seed=1000, size=256, rounds=1)
+    assert top1 > 20 / len(concepts), f"zero-shot top-1 {top1:.3f} on regions, chance {1 / len(concepts):.3f}"

@@ -18,6 +18,14 @@ M attention heads, K classes, N text-classifier rows (synonyms), h_l x w_l the
 size of feature level l, H x W the padded input size (mask_features at H/4 x W/4).
 Sequences inside the decoder are (length, B, C), PyTorch's MultiheadAttention
 default layout.
+
+Attention is computed as the authors' Mask2Former computes it: MultiheadAttention
+with its default ``need_weights=True``, i.e. explicit scaled scores, softmax and
+weighted sum. ``fused_attention`` (MODEL.SCORE.DECODER_FUSED_ATTENTION) asks for
+``need_weights=False`` instead, PyTorch's fused scaled_dot_product_attention:
+faster, but its rounding differs (about 6e-7 at first), and the sigmoid < 0.5
+attention mask of the next layer can then flip pixels, which grows the
+difference to about 4e-3 in late masks (docs/DESIGN.md, "Numeric differences").
 """
 
 from __future__ import annotations
@@ -58,8 +66,16 @@ def attention_mask_from_logits(mask_logits: Tensor, size: Tuple[int, int], num_h
 class SelfAttentionLayer(nn.Module):
     """Query self-attention with residual and LayerNorm (post-norm, or pre-norm)."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dropout: float = 0.0,
+        normalize_before: bool = False,
+        fused_attention: bool = False,
+    ):
         super().__init__()
+        self.fused_attention = fused_attention
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -70,16 +86,24 @@ class SelfAttentionLayer(nn.Module):
         """(Q, B, C) queries and their position embeddings -> (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x + query_pos
-        # need_weights=False lets MultiheadAttention use the fused scaled_dot_product_attention.
-        tgt = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
+        attended = self.self_attn(q, k, value=x, need_weights=not self.fused_attention)[0]
+        tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)
 
 
 class CrossAttentionLayer(nn.Module):
     """Masked cross-attention from the queries to one feature level, residual and LayerNorm."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dropout: float = 0.0,
+        normalize_before: bool = False,
+        fused_attention: bool = False,
+    ):
         super().__init__()
+        self.fused_attention = fused_attention
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -92,10 +116,14 @@ class CrossAttentionLayer(nn.Module):
         """(Q, B, C) queries attend to (h*w, B, C) memory; ``memory_mask`` (B * M, Q, h*w) bool,
         True = blocked. Returns (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
-        # need_weights=False: the fused scaled_dot_product_attention instead of explicit weights
-        # (the same values; 617 -> 403 ms for 300 queries x 64 x 64 memory, batch 2, CPU).
+        # The fused path (need_weights=False) took 403 instead of 617 ms for 300 queries x
+        # 64 x 64 memory, batch 2, on a CPU.
         attended = self.multihead_attn(
-            query=x + query_pos, key=memory + pos, value=memory, attn_mask=memory_mask, need_weights=False
+            query=x + query_pos,
+            key=memory + pos,
+            value=memory,
+            attn_mask=memory_mask,
+            need_weights=not self.fused_attention,
         )[0]
         tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)
@@ -170,6 +198,7 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
         embed_dim: int,
         logit_scale_init: float = math.log(1 / 0.07),
         rai: Optional[nn.Module] = None,
+        fused_attention: bool = False,
     ):
         """
         Args:
@@ -188,6 +217,8 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
             logit_scale_init: initial value of the learnable log logit scale.
             rai: Region-Aware Integration, called as ``rai(V (B, Q, D), mask logits
                 (B, Q, H/4, W/4), context) -> (B, Q, D)``; None skips it.
+            fused_attention: PyTorch's fused attention (``need_weights=False``) in the
+                cross- and self-attention instead of the authors' explicit softmax.
         """
         super().__init__()
         if mask_dim != hidden_dim:
@@ -197,10 +228,12 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
         self.num_heads = nheads
         self.num_layers = dec_layers
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers)
+            SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm, fused_attention)
+            for _ in range(dec_layers)
         )
         self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers)
+            CrossAttentionLayer(hidden_dim, nheads, dropout, pre_norm, fused_attention)
+            for _ in range(dec_layers)
         )
         self.transformer_ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers)
@@ -250,6 +283,7 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
             "embed_dim": embed_dim,
             "logit_scale_init": cfg.MODEL.SCORE.LOGIT_SCALE_INIT,
             "rai": build_rai(cfg, embed_dim),
+            "fused_attention": cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION,
         }
 
     def forward(
