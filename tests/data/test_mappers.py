@@ -247,3 +247,16 @@ def test_unknown_high_bit_scaling_is_refused():
     cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "clip"
     with pytest.raises(ValueError, match="HIGH_BIT_DEPTH_SCALING"):
         build_test_mapper(cfg)
+
+
+def test_train_mapper_stretches_a_16_bit_tiff(tmp_path):
+    import rasterio
+
+    rgb = np.random.default_rng(3).integers(0, 4096, (30, 40, 3), dtype=np.uint16)
+    path = str(tmp_path / "u16.tif")
+    profile = dict(driver="GTiff", height=30, width=40, count=3, dtype="uint16")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(rgb.transpose(2, 0, 1))
+    mapper = SCOREInstanceLSJMapper(augmentations=[], image_format="RGB")
+    out = mapper({"file_name": path, "height": 30, "width": 40, "annotations": []})
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), _percentile_stretch(rgb))
