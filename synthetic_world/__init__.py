@@ -7,11 +7,16 @@
 
 from .scenes import (  # noqa: F401
     CONCEPTS,
+    SCENE_TYPES,
     Recipe,
+    Scene,
+    SceneType,
     draw_object,
     draw_surround,
     recipe_for,
     render_image,
+    render_scene,
+    scene_types_of,
     surround_radius,
     write_split,
     write_synthetic_datasets,

@@ -24,6 +24,13 @@ name: ship-, vehicle- and aircraft-like names (``Tugboat``, ``Dump-Truck``,
 ``A330``) keep their family's shape and surround with their own colour and
 proportions, any other name a shape, colour and surround of its own.
 
+Each image shows one *scene type* (``SCENE_TYPES``: harbour, airport, parking
+lot, sports ground, storage depot, residential area, farmland, highway) that
+decides which classes appear in it, where (ships, piers and bridges on a
+harbour's water, the rest on land) and how its ground looks, so that the
+whole scene, like a real aerial scene, tells which classes are likely; the
+objects and their surrounds are drawn alike in every scene type.
+
 Objects of one image never overlap, and no surround covers another object.
 The same seed gives byte-identical JSON and images; every split draws from
 its own generator, so writing a subset of splits gives the same files.
@@ -51,10 +58,15 @@ from score.data.datasets import SPLITS, SplitSpec, canonical_class_name
 __all__ = [
     "CONCEPTS",
     "Recipe",
+    "SCENE_TYPES",
+    "Scene",
+    "SceneType",
     "draw_object",
     "draw_surround",
     "recipe_for",
     "render_image",
+    "render_scene",
+    "scene_types_of",
     "surround_radius",
     "write_split",
     "write_synthetic_datasets",
@@ -429,6 +441,183 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return base.astype(np.float32) + coarse
 
 
+# ---------------------------------------------------------------------------
+# Scene types: what kind of place an image shows. A scene type decides which
+# classes appear in it, where (ships and piers on its water, the rest on land)
+# and how its ground looks, so that the whole image carries information about
+# the object classes, as real aerial scenes do (SCORE's global context). The
+# objects themselves and their local surrounds are drawn exactly as in a scene
+# without a type: a hull on its water patch is still a ship and on its road
+# strip a small vehicle, whatever the scene.
+
+
+@dataclass(frozen=True)
+class SceneType:
+    """One kind of place.
+
+    Attributes:
+        name: scene-type name (also its first caption name).
+        synonyms: other names of the scene type, for captions.
+        ground: how the ground is painted (a key of ``_GROUND_PAINTERS``).
+    """
+
+    name: str
+    synonyms: tuple[str, ...]
+    ground: str
+
+
+SCENE_TYPES: dict[str, SceneType] = {
+    t.name: t
+    for t in (
+        SceneType("harbour", ("harbor", "port", "seaport", "marina"), "coast"),
+        SceneType("airport", ("airfield", "aerodrome", "airport apron"), "runway"),
+        SceneType("parking lot", ("car park", "parking area", "parking garage roof"), "parking"),
+        SceneType("sports ground", ("sports field", "sports complex", "playing fields"), "lawn"),
+        SceneType("storage depot", ("tank farm", "oil depot", "industrial area"), "depot"),
+        SceneType("residential area", ("neighbourhood", "suburb", "housing estate"), "houses"),
+        SceneType("farmland", ("fields", "cropland", "agricultural land"), "fields"),
+        SceneType("highway", ("expressway", "motorway", "freeway"), "motorway"),
+    )
+}
+
+# Scene types of each concept (a concept may belong to several).
+_CONCEPT_SCENES: dict[str, tuple[str, ...]] = {
+    "ship": ("harbour",),
+    "harbor": ("harbour",),
+    "bridge": ("harbour", "highway"),
+    "small vehicle": ("parking lot", "residential area", "highway"),
+    "large vehicle": ("parking lot", "highway", "storage depot"),
+    "plane": ("airport",),
+    "tennis court": ("sports ground", "residential area"),
+    "basketball court": ("sports ground", "residential area"),
+    "baseball diamond": ("sports ground",),
+    "ground track field": ("sports ground",),
+    "soccer ball field": ("sports ground",),
+    "swimming pool": ("residential area", "sports ground"),
+    "storage tank": ("storage depot",),
+    "roundabout": ("residential area", "highway"),
+    "intersection": ("residential area", "highway"),
+}
+
+# Names without a concept: their scene types by keyword, then by family.
+_NAME_SCENES = (
+    (re.compile(r"airport|helipad|helicopter"), ("airport",)),
+    (re.compile(r"crane|dock|wharf"), ("harbour",)),
+    (re.compile(r"chimney|factory|silo"), ("storage depot",)),
+    (re.compile(r"windmill|dam|\btractor\b|excavator|farm"), ("farmland",)),
+    (re.compile(r"expressway|overpass|toll|service area"), ("highway",)),
+    (re.compile(r"golf|stadium|court|field"), ("sports ground",)),
+    (re.compile(r"station|house|school|church"), ("residential area",)),
+)
+
+
+def scene_types_of(class_name: str) -> tuple[str, ...]:
+    """The scene types in which a class appears.
+
+    A concept's own types; for a hashed name, the types of its keyword (a
+    dam on farmland, a chimney in a storage depot), else of its family
+    (ships in a harbour), else one type derived from the name's hash.
+    """
+    recipe = recipe_for(class_name)
+    if recipe.concept in _CONCEPT_SCENES:
+        return _CONCEPT_SCENES[recipe.concept]
+    name = recipe.concept.removeprefix("hashed: ")
+    for pattern, scenes in _NAME_SCENES:
+        if pattern.search(name):
+            return scenes
+    for pattern, family, _ in _FAMILIES:
+        if pattern.search(name):
+            return _CONCEPT_SCENES[family]
+    names = list(SCENE_TYPES)
+    return (names[zlib.crc32(name.encode("utf-8")) % len(names)],)
+
+
+def _lines(canvas: np.ndarray, starts: np.ndarray, direction: np.ndarray, color, thickness: int) -> None:
+    """Straight lines through each start point (N, 2) along a unit direction, across the whole canvas."""
+    reach = 2.0 * max(canvas.shape[:2])
+    for p in starts:
+        a = np.round((p - reach * direction) * 16).astype(np.int32)
+        b = np.round((p + reach * direction) * 16).astype(np.int32)
+        # Anti-aliasing only for thin lines: thick ones are bands whose edges the final blur softens.
+        line_type = cv2.LINE_AA if thickness <= 2 else cv2.LINE_8
+        cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), color, thickness, line_type, 4)
+
+
+def _ground(
+    rng: np.random.Generator, kind: str, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Paint a scene type's ground: (H, W, 3) float32 canvas and its (H, W) water mask (None if dry)."""
+    canvas = _background(rng, height, width)
+    angle = float(rng.uniform(0.0, math.pi))
+    along = np.array([math.cos(angle), math.sin(angle)])
+    across = np.array([-along[1], along[0]])
+    centre = np.array([width / 2.0, height / 2.0]) + rng.uniform(-0.2, 0.2, size=2) * (width, height)
+    side = min(height, width)
+
+    def tint(color, amount: float) -> None:
+        canvas[:] = (1.0 - amount) * canvas + amount * np.asarray(color, np.float32)
+
+    water = None
+    if kind == "coast":
+        ys, xs = np.mgrid[0:height, 0:width]
+        water = ((xs - centre[0]) * across[0] + (ys - centre[1]) * across[1]) > 0
+        canvas[water] = np.asarray(_WATER, np.float32) + rng.normal(0.0, 4.0, size=3).astype(np.float32)
+    elif kind == "runway":
+        tint(_GROUND["apron"], 0.6)
+        half = float(rng.uniform(0.06, 0.09)) * side
+        strip = np.array([centre - half * across, centre + half * across])
+        _lines(canvas, strip.mean(0, keepdims=True), along, (58, 58, 62), int(2 * half))
+        for t in np.arange(-1.5, 1.5, 0.08) * side:
+            a, b = centre + (t - 0.02 * side) * along, centre + (t + 0.02 * side) * along
+            cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), _WHITE, 2)
+    elif kind == "parking":
+        tint(_GROUND["asphalt"], 0.8)
+        step = float(rng.uniform(0.05, 0.08)) * side
+        starts = centre + np.arange(-20, 21)[:, None] * step * across
+        _lines(canvas, starts, along, (196, 196, 188), 1)
+    elif kind == "lawn":
+        tint(_GROUND["grass"], 0.75)
+        step = float(rng.uniform(0.06, 0.1)) * side
+        starts = centre + np.arange(-20, 21, 2)[:, None] * step * across
+        _lines(canvas, starts, along, (88, 142, 72), int(step))
+    elif kind == "depot":
+        tint((196, 186, 160), 0.6)
+        step = float(rng.uniform(0.12, 0.2)) * side
+        starts = centre + np.arange(-8, 9)[:, None] * step * across
+        _lines(canvas, starts, along, (150, 150, 150), 2)
+    elif kind == "houses":
+        step = float(rng.uniform(0.1, 0.14)) * side
+        _lines(canvas, centre[None], along, _ROAD, max(3, int(0.05 * side)))
+        _lines(canvas, centre[None], across, _ROAD, max(3, int(0.05 * side)))
+        roof = rng.uniform((150, 70, 60), (190, 110, 90))
+        for i in range(-8, 9):
+            for j in range(-8, 9):
+                if rng.random() < 0.45:
+                    continue
+                c = centre + (i + 0.5) * step * along + (j + 0.5) * step * across
+                poly = _place(_rect(-0.25 * step, 0.25 * step, -0.18 * step, 0.18 * step), c, angle)
+                shade = tuple(float(v) for v in roof * rng.uniform(0.8, 1.1))
+                cv2.fillPoly(canvas, [np.round(poly).astype(np.int32)], shade)
+    elif kind == "fields":
+        step = float(rng.uniform(0.12, 0.2)) * side
+        crops = ((96, 140, 64), (160, 150, 80), (130, 104, 70), (80, 120, 56), (180, 170, 100))
+        for k in range(-10, 11):
+            c = centre + (k + 0.5) * step * across
+            color = crops[int(rng.integers(len(crops)))]
+            _lines(canvas, c[None], along, tuple(0.7 * v + 40 for v in color), int(step) + 1)
+    elif kind == "motorway":
+        half = float(rng.uniform(0.09, 0.13)) * side
+        _lines(canvas, centre[None], along, (80, 80, 84), int(2 * half))
+        starts = centre + np.array([-0.5, 0.0, 0.5])[:, None] * half * across
+        _lines(canvas, starts, along, (210, 210, 200), 1)
+    else:
+        raise ValueError(f"unknown ground {kind!r}")
+    return canvas, water
+
+
+_WATER_SURROUNDS = ("water", "shore", "water band")
+
+
 class _Placement(NamedTuple):
     label: int
     recipe: Recipe
@@ -439,43 +628,88 @@ class _Placement(NamedTuple):
     r_all: float  # radius of object and surround, pixels
 
 
-def render_image(
+class Scene(NamedTuple):
+    """One drawn scene: (H, W, 3) uint8 RGB image, per object (class index, outline (N, 2) px), its type."""
+
+    image: np.ndarray
+    objects: list[tuple[int, np.ndarray]]
+    scene_type: str
+
+
+def _next_class(class_queue: collections.deque, members: set[int]) -> int | None:
+    """Remove and return the first queued class index in ``members`` (None if there is none)."""
+    for i, label in enumerate(class_queue):
+        if label in members:
+            del class_queue[i]
+            return label
+    return None
+
+
+def render_scene(
     rng: np.random.Generator,
     height: int,
     width: int,
     class_queue: collections.deque,
     class_names: Sequence[str],
     max_objects: int = 8,
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Draw one scene.
+    scene_type: str | None = None,
+) -> Scene:
+    """Draw one scene of a scene type with objects of the classes that belong to it.
 
     Args:
         rng: the split's random generator.
         height, width: image size in pixels.
         class_queue: class indices still to draw; refilled with a permutation when
-            empty, so that every class appears equally often over a split.
+            empty, so that every class appears about equally often over a split.
+            The scene takes the first queued class that fits it, then the next
+            queued ones of its type.
         class_names: the split's class names.
         max_objects: most objects per image (at least 3 are attempted).
+        scene_type: a key of ``SCENE_TYPES``; None takes a type of the first
+            queued class.
 
     Returns:
-        The (H, W, 3) uint8 RGB image and, per object, its class index and outline (N, 2) in pixels.
+        The drawn :class:`Scene`.
     """
-    canvas = np.clip(_background(rng, height, width), 0, 255).astype(np.uint8)
-    placed: list[_Placement] = []
-    side = min(height, width)
-    for _ in range(int(rng.integers(3, max_objects + 1))):
+    members_of = {t: set() for t in SCENE_TYPES}
+    for label, name in enumerate(class_names):
+        for t in scene_types_of(name):
+            members_of[t].add(label)
+    if scene_type is None:
         if not class_queue:
             class_queue.extend(int(i) for i in rng.permutation(len(class_names)))
-        label = class_queue.popleft()
+        options = scene_types_of(class_names[class_queue[0]])
+        scene_type = options[int(rng.integers(len(options)))]
+    elif scene_type not in SCENE_TYPES:
+        raise ValueError(f"unknown scene type {scene_type!r}; choose from {list(SCENE_TYPES)}")
+    members = members_of[scene_type]
+    canvas_f, water = _ground(rng, SCENE_TYPES[scene_type].ground, height, width)
+    canvas = np.clip(canvas_f, 0, 255).astype(np.uint8)
+    placed: list[_Placement] = []
+    side = min(height, width)
+    refilled = False
+    for _ in range(int(rng.integers(3, max_objects + 1))):
+        label = _next_class(class_queue, members)
+        if label is None and not refilled:
+            # One new round of every class, so that a scene is not left empty.
+            class_queue.extend(int(i) for i in rng.permutation(len(class_names)))
+            refilled = True
+            label = _next_class(class_queue, members)
+        if label is None:
+            break
         recipe = recipe_for(class_names[label])
         length = float(rng.uniform(*recipe.length)) * side
         angle = float(rng.uniform(0.0, 2.0 * math.pi))
         r_obj, r_all = _object_radius(recipe, length), surround_radius(recipe, length)
+        wet = recipe.surround in _WATER_SURROUNDS
         for _attempt in range(30):
             center = (
                 float(rng.uniform(r_obj + 1, width - r_obj - 1)),
                 float(rng.uniform(r_obj + 1, height - r_obj - 1)),
             )
+            # Ships, piers and bridges on the scene's water, everything else on land.
+            if water is not None and bool(water[int(center[1]), int(center[0])]) != wet:
+                continue
             # No surround may reach another object; surrounds may touch a little.
             if all(
                 math.dist(center, p.center) > max(r_all + p.r_obj, p.r_all + r_obj, 0.8 * (r_all + p.r_all))
@@ -484,7 +718,7 @@ def render_image(
                 placed.append(_Placement(label, recipe, center, length, angle, r_obj, r_all))
                 break
         else:
-            # The scene is full: this class opens the next image.
+            # No room: the class goes back to the front of the queue.
             class_queue.appendleft(label)
             break
     for p in placed:
@@ -492,7 +726,24 @@ def render_image(
     objects = [(p.label, draw_object(canvas, p.recipe, p.center, p.length, p.angle)) for p in placed]
     image = cv2.GaussianBlur(canvas, (3, 3), 0.6).astype(np.float32)
     image += rng.normal(0.0, 3.0, size=image.shape).astype(np.float32)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
+    return Scene(np.clip(np.round(image), 0, 255).astype(np.uint8), objects, scene_type)
+
+
+def render_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    class_queue: collections.deque,
+    class_names: Sequence[str],
+    max_objects: int = 8,
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Draw one scene (of the type of the first queued class); see :func:`render_scene`.
+
+    Returns:
+        The (H, W, 3) uint8 RGB image and, per object, its class index and outline (N, 2) in pixels.
+    """
+    scene = render_scene(rng, height, width, class_queue, class_names, max_objects)
+    return scene.image, scene.objects
 
 
 def _annotation(outline: np.ndarray, height: int, width: int) -> dict:
@@ -541,11 +792,19 @@ def write_split(
     queue: collections.deque = collections.deque()
     for image_id in range(1, num_images + 1):
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        image, objects = render_image(rng, height, width, queue, split.class_names)
+        image, objects, scene_type = render_scene(rng, height, width, queue, split.class_names)
         file_name = f"{image_id:06d}.png"
         if not cv2.imwrite(os.path.join(image_dir, file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": height,
+                "width": width,
+                "scene_type": scene_type,
+            }
+        )
         for label, outline in objects:
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1}
             ann.update(_annotation(outline, height, width))

@@ -1,20 +1,37 @@
-"""Contrastive pretraining of the tiny ConvNeXt CLIP on synthetic object crops (the tiny world).
+"""Contrastive pretraining of the tiny-world CLIPs: object crops (ConvNeXt) and scenes (ViT context).
 
     python tools/pretrain_tiny_clip.py --out weights/tiny_world/score-tiny-convnext.pt
+    python tools/pretrain_tiny_clip.py --tower context --out weights/tiny_world/score-tiny-vit.pt
 
 The tiny towers of ``score/modeling/tiny_clip.py`` stand in for web-scale CLIP;
 with random weights nothing of the open-vocabulary path can be shown. This
 script gives the image and text towers of ``score-tiny-convnext`` the concepts
-of the five vocabularies: every class name of ``SPLITS`` (after
+of the five vocabularies, seen as object crops and, as the detector's
+out-of-vocabulary term sees them, as objects of whole scenes mask-pooled from
+the trunk's dense map (``--region-scenes``): every class name of ``SPLITS`` (after
 ``canonical_class_name``) is drawn by ``synthetic_world.recipe_for``, names
 with one recipe (``plane`` / ``airplane``) are one concept, and the captions
 are prompt templates filled with any of the concept's names. The loss is
 open_clip's ``ClipLoss``; each batch holds distinct concepts, so no caption is
 a false negative of another image in the batch.
 
-It logs the zero-shot top-1 over all concepts on held-out crops (another
+It logs the zero-shot top-1 over all concepts on held-out crops and regions (another
 seed) and writes an open_clip state dict (fp16), which loads through
 ``MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS`` with ``RANDOM_INIT_CLIP False``.
+
+``--tower context`` trains the context CLIP ``score-tiny-vit`` (image and text
+towers) instead, the stand-in for RemoteCLIP: its images are whole synthetic
+scenes (``synthetic_world.render_scene``) and regions cropped from them, both
+resized to the tower's input like SCORE's context branch does, with captions
+from scene templates filled with the scene type's name or a synonym. Each
+batch holds one image of every scene type, so again no caption is a false
+negative. Besides open_clip's usual image embedding, the [CLS] output of the
+context encoder's value-only last block (``score.modeling.context.remoteclip``,
+the global context g that GCA reads) gets its own ``ClipLoss`` term against
+the same captions, so that g, and not only the embedding that SCORE never
+uses, names the scene. It logs the zero-shot scene-type accuracy of both on
+held-out scenes and regions (another seed); the state dict loads through
+``MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS``.
 """
 
 from __future__ import annotations
@@ -33,9 +50,19 @@ import torch
 import torch.nn.functional as F
 
 from score.data.datasets import SPLITS, canonical_class_name
+from score.modeling.context.remoteclip import value_only_block
 from score.modeling.open_vocab import mask_pool
-from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, register_tiny_clip_configs
-from synthetic_world import draw_object, draw_surround, recipe_for, render_image, surround_radius
+from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT, register_tiny_clip_configs
+from synthetic_world import (
+    SCENE_TYPES,
+    draw_object,
+    draw_surround,
+    recipe_for,
+    render_image,
+    render_scene,
+    scene_types_of,
+    surround_radius,
+)
 from synthetic_world.scenes import _background
 
 logger = logging.getLogger("pretrain_tiny_clip")
@@ -46,6 +73,15 @@ TEMPLATES = (
     "a {} seen from above.",
     "a remote sensing image of the {}.",
     "a photo of a {}.",
+)
+
+
+SCENE_TEMPLATES = (
+    "a satellite image of a {}.",
+    "an aerial photo of a {}.",
+    "a remote sensing image of a {} scene.",
+    "a {} seen from above.",
+    "an overhead view of a {}.",
 )
 
 
@@ -72,6 +108,88 @@ def render_crop(rng: np.random.Generator, concept_name: str, size: int) -> np.nd
     draw_object(canvas, recipe, center, length, angle)
     canvas = canvas.astype(np.float32) + rng.normal(0.0, 3.0, size=canvas.shape).astype(np.float32)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+
+
+def scene_names() -> dict[str, list[str]]:
+    """Scene type -> its caption names (the type's name, then its synonyms)."""
+    return {name: [name, *t.synonyms] for name, t in SCENE_TYPES.items()}
+
+
+def scene_classes() -> dict[str, list[str]]:
+    """Scene type -> the class names of all splits that appear in it (one spelling per normalised name)."""
+    by_name = {canonical_class_name(n): n for split in SPLITS for n in split.class_names}
+    members: dict[str, list[str]] = {t: [] for t in SCENE_TYPES}
+    for canonical in sorted(by_name):
+        for t in scene_types_of(by_name[canonical]):
+            members[t].append(by_name[canonical])
+    return members
+
+
+def render_context_view(
+    rng: np.random.Generator, scene_type: str, classes: list[str], size: int, region: bool
+) -> np.ndarray:
+    """A (size, size, 3) uint8 view of a scene: the whole scene or a region of it, resized to the tower.
+
+    The scene has a random size between 0.9 and 1.8 ``size`` per side (SCORE's
+    images are resized to the context input whatever their size and shape);
+    a region spans 40 to 80 % of each side.
+    """
+    height, width = (int(v) for v in rng.integers(int(0.9 * size), int(1.8 * size) + 1, size=2))
+    image = render_scene(rng, height, width, collections.deque(), classes, scene_type=scene_type).image
+    if region:
+        h, w = (int(f * v) for f, v in zip(rng.uniform(0.4, 0.8, size=2), (height, width)))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        image = image[y : y + h, x : x + w]
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def context_cls(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, D) [CLS] of the context encoder: the last block in value-only mode, projected.
+
+    The computation of ``RemoteCLIPContextEncoder.forward`` at the tower's own
+    input size, with gradients (the encoder is frozen and runs without).
+    """
+    visual = model.visual
+    x = visual.conv1(images).flatten(2).transpose(1, 2)  # (B, h * w, W)
+    cls_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, x.shape[-1])
+    x = visual.ln_pre(torch.cat([cls_token, x], dim=1) + visual.positional_embedding.to(x.dtype))
+    blocks = visual.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x)
+    x = value_only_block(blocks[-1], x)
+    return visual.ln_post(x[:, 0]) @ visual.proj
+
+
+@torch.no_grad()
+def scene_accuracy(model, tokenizer, seed: int, per_scene: int, size: int) -> dict[str, float]:
+    """Zero-shot scene-type accuracy on held-out views, for open_clip's embedding and the context [CLS].
+
+    A scene type's classifier: its names x ``SCENE_TEMPLATES``, averaged. Keys
+    ``"scene"`` / ``"region"`` (open_clip's ``encode_image``) and
+    ``"scene g"`` / ``"region g"`` (:func:`context_cls`).
+    """
+    model.eval()
+    names, classes = scene_names(), scene_classes()
+    keys = list(names)
+    weights = []
+    for key in keys:
+        prompts = [t.format(n) for n in names[key] for t in SCENE_TEMPLATES]
+        emb = model.encode_text(tokenizer(prompts), normalize=True).mean(0)
+        weights.append(emb / emb.norm())
+    weights = torch.stack(weights)
+    rng = np.random.default_rng(seed)
+    correct = collections.Counter()
+    for label, key in enumerate(keys):
+        for region in (False, True):
+            views = to_tensor(
+                [render_context_view(rng, key, classes[key], size, region) for _ in range(per_scene)], model
+            )
+            kind = "region" if region else "scene"
+            for suffix, feats in (("", model.encode_image(views)), (" g", context_cls(model, views))):
+                hits = (F.normalize(feats, dim=-1) @ weights.T).argmax(1).eq(label)
+                correct[kind + suffix] += int(hits.sum())
+    model.train()
+    return {k: v / (len(keys) * per_scene) for k, v in sorted(correct.items())}
 
 
 def render_regions(rng: np.random.Generator, concept_names: list[str], num_scenes: int, size: int):
@@ -184,27 +302,67 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, help="state dict to write (open_clip format, fp16)")
     parser.add_argument(
-        "--model",
-        default=TINY_CONVNEXT,
-        choices=sorted(TINY_CLIP_CONFIGS),
-        help="tiny open_clip config to train",
+        "--tower",
+        default="objects",
+        choices=("objects", "context"),
+        help="objects: the ConvNeXt CLIP on object crops; context: the ViT context CLIP on scenes",
     )
-    parser.add_argument("--steps", type=int, default=300, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=48, help="distinct concepts per batch (at most all)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(TINY_CLIP_CONFIGS),
+        help=f"tiny open_clip config to train (default {TINY_CONVNEXT} / {TINY_VIT} by --tower)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300 / 600)")
+    parser.add_argument(
+        "--batch", type=int, default=48, help="distinct concepts per batch (at most all; objects only)"
+    )
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     parser.add_argument(
         "--region-scenes",
         type=int,
         default=8,
-        help="scenes per step whose mask-pooled object regions are trained too (0: crops only)",
+        help="objects only: scenes per step whose mask-pooled object regions are trained too (0: crops only)",
     )
     parser.add_argument("--region-size", type=int, default=256, help="side of those scenes, pixels")
     parser.add_argument("--eval-per-concept", type=int, default=10, help="held-out crops per concept")
-    parser.add_argument("--seed", type=int, default=0, help="training seed; held-out crops use seed + 1000")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--eval-per-scene", type=int, default=25, help="held-out scenes and as many regions per scene type"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed; held-out data use seed + 1000")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = TINY_CONVNEXT if args.tower == "objects" else TINY_VIT
+    if args.steps is None:
+        args.steps = 300 if args.tower == "objects" else 600
+    return args
+
+
+def _object_batch(rng, concepts, keys, batch_size, size):
+    """Crops of distinct concepts and one caption each."""
+    crops, captions = [], []
+    for i in rng.choice(len(keys), size=min(batch_size, len(keys)), replace=False):
+        names = concepts[keys[i]]
+        crops.append(render_crop(rng, names[0], size))
+        captions.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))]))
+    return crops, captions
+
+
+def _scene_batch(rng, names, classes, size):
+    """One view (whole scene or region, even odds) of every scene type and one caption each."""
+    views, captions = [], []
+    for key in rng.permutation(list(names)):
+        views.append(render_context_view(rng, key, classes[key], size, region=bool(rng.random() < 0.5)))
+        options = names[key]
+        captions.append(
+            SCENE_TEMPLATES[rng.integers(len(SCENE_TEMPLATES))].format(options[rng.integers(len(options))])
+        )
+    return views, captions
 
 
 def main(argv=None) -> float:
+    """Train, evaluate and write the checkpoint; returns the held-out zero-shot top-1 (objects) or
+    the context [CLS]'s scene-type accuracy on held-out whole scenes (context)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
@@ -214,32 +372,39 @@ def main(argv=None) -> float:
     size = (
         model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
     )
-    concepts = concept_names()
-    keys = list(concepts)
-    logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
+    context = args.tower == "context"
+    if context:
+        names, classes = scene_names(), scene_classes()
+        logger.info("%d scene types: %s", len(names), ", ".join(names))
+    else:
+        concepts = concept_names()
+        keys = list(concepts)
+        logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     model.train()
-    primary = [concepts[k][0] for k in keys]
     for step in range(args.steps):
-        batch = rng.choice(len(keys), size=min(args.batch, len(keys)), replace=False)
-        crops, captions = [], []
-        for i in batch:
-            crops.append(render_crop(rng, primary[i], size))
-            captions.append(caption(rng, concepts[keys[i]]))
-        image_features, text_features, logit_scale = model(to_tensor(crops, model), tokenizer(captions))
+        if context:
+            images, captions = _scene_batch(rng, names, classes, size)
+        else:
+            images, captions = _object_batch(rng, concepts, keys, args.batch, size)
+        images = to_tensor(images, model)
+        image_features, text_features, logit_scale = model(images, tokenizer(captions))
         loss = loss_fn(image_features, text_features, logit_scale)
-        if args.region_scenes:
+        if context:
+            g = F.normalize(context_cls(model, images), dim=-1)
+            loss = loss + loss_fn(g, text_features, logit_scale)
+        elif args.region_scenes:
             # The detector pools the trunk's dense map inside masks of whole scenes
             # (out-of-vocabulary term): train that path too, on distinct concepts.
             batch = rng.choice(len(keys), size=min(args.batch, len(keys)), replace=False)
-            images, regions = render_regions(
-                rng, [primary[i] for i in batch], args.region_scenes, args.region_size
+            scenes, regions = render_regions(
+                rng, [concepts[keys[i]][0] for i in batch], args.region_scenes, args.region_size
             )
-            region_feats, kept = region_features(model, to_tensor(list(images), model), regions)
+            region_feats, kept = region_features(model, to_tensor(list(scenes), model), regions)
             region_text = model.encode_text(
                 tokenizer([caption(rng, concepts[keys[batch[regions[i][1]]]]) for i in kept]), normalize=True
             )
@@ -252,13 +417,23 @@ def main(argv=None) -> float:
             logger.info(
                 "step %d/%d loss %.3f (%.0f s)", step, args.steps, loss.item(), time.perf_counter() - start
             )
-    top1 = zero_shot_top1(model, tokenizer, concepts, args.seed + 1000, args.eval_per_concept, size)
-    logger.info("zero-shot top-1 over %d concepts on held-out crops: %.1f %%", len(keys), 100 * top1)
-    region_top1 = zero_shot_region_top1(model, tokenizer, concepts, args.seed + 1000, args.region_size)
-    logger.info(
-        "zero-shot top-1 over %d concepts of mask-pooled regions of held-out scenes: %.1f %%",
-        len(keys), 100 * region_top1,
-    )  # fmt: skip
+    if context:
+        accuracy = scene_accuracy(model, tokenizer, args.seed + 1000, args.eval_per_scene, size)
+        logger.info(
+            "zero-shot scene-type accuracy over %d types on held-out views (chance %.1f %%): %s",
+            len(names),
+            100 / len(names),
+            ", ".join(f"{k} {100 * v:.1f} %" for k, v in accuracy.items()),
+        )
+        result = accuracy["scene g"]
+    else:
+        result = zero_shot_top1(model, tokenizer, concepts, args.seed + 1000, args.eval_per_concept, size)
+        logger.info("zero-shot top-1 over %d concepts on held-out crops: %.1f %%", len(keys), 100 * result)
+        region_top1 = zero_shot_region_top1(model, tokenizer, concepts, args.seed + 1000, args.region_size)
+        logger.info(
+            "zero-shot top-1 over %d concepts of mask-pooled regions of held-out scenes: %.1f %%",
+            len(keys), 100 * region_top1,
+        )  # fmt: skip
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(state, args.out)
     logger.info(
@@ -267,7 +442,7 @@ def main(argv=None) -> float:
         sum(v.numel() * v.element_size() for v in state.values()) / 1e6,
         time.perf_counter() - start,
     )
-    return top1
+    return result
 
 
 if __name__ == "__main__":

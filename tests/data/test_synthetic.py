@@ -3,6 +3,7 @@
 import score  # noqa: F401, I001  (first: its shims let detectron2.data import on numpy>=1.24, Pillow>=10)
 
 # isort: split
+import collections
 import importlib.util
 import json
 from pathlib import Path
@@ -15,9 +16,12 @@ from detectron2.structures import polygons_to_bitmask
 from score.data.datasets import FAST_CLASSES, ISAID_CLASSES, SPLITS
 from synthetic_world.scenes import (
     CONCEPTS,
+    SCENE_TYPES,
     draw_object,
     draw_surround,
     recipe_for,
+    render_scene,
+    scene_types_of,
     write_split,
     write_synthetic_datasets,
 )
@@ -91,11 +95,50 @@ def test_every_class_appears_when_there_is_room(tmp_path):
     assert {a["category_id"] for a in coco["annotations"]} == set(range(1, 38))
 
 
+def test_every_object_belongs_to_the_scene_type_of_its_image(tmp_path):
+    split = SPLIT["fast_val_instance"]
+    coco = write_split(split, str(tmp_path), 14, min_size=256, max_size=320)
+    scene_of = {im["id"]: im["scene_type"] for im in coco["images"]}
+    assert set(scene_of.values()) <= set(SCENE_TYPES) and len(set(scene_of.values())) >= 3
+    for ann in coco["annotations"]:
+        name = split.class_names[ann["category_id"] - 1]
+        assert scene_of[ann["image_id"]] in scene_types_of(name), name
+
+
+def test_scene_types_of_names_by_concept_keyword_and_family():
+    assert scene_types_of("ship") == scene_types_of("Tugboat") == ("harbour",)
+    assert scene_types_of("A330") == scene_types_of("plane") == ("airport",)
+    assert scene_types_of("dam") == scene_types_of("windmill") == ("farmland",)
+    assert "parking lot" in scene_types_of("Small_Vehicle") and "parking lot" in scene_types_of("Bus")
+    assert scene_types_of("storage_tank") == ("storage depot",)
+    unknown = scene_types_of("lighthouse keeper")
+    assert len(unknown) == 1 and unknown[0] in SCENE_TYPES and unknown == scene_types_of("Lighthouse-Keeper")
+
+
+def test_scene_types_have_their_own_ground():
+    rng = np.random.default_rng(0)
+    names = ["ship", "Harbor", "plane", "Small_Vehicle"]
+
+    def water_fraction(scene_type):
+        scene = render_scene(rng, 256, 256, collections.deque(), names, scene_type=scene_type)
+        assert scene.scene_type == scene_type and scene.objects
+        return (np.abs(scene.image.astype(float) - np.array([38, 72, 112])).max(-1) < 25).mean()
+
+    # A harbour's water body covers much of the image (shoreline through its middle fifth or so).
+    assert min(water_fraction("harbour") for _ in range(4)) > 0.2
+    assert max(water_fraction(t) for t in ("airport", "parking lot") for _ in range(2)) < 0.05
+    # A scene type that none of the classes belongs to holds no object.
+    empty = render_scene(rng, 128, 128, collections.deque(), ["ship"], scene_type="airport")
+    assert empty.objects == [] and empty.scene_type == "airport"
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown splits"):
         write_synthetic_datasets(str(tmp_path), splits=["coco_2017_val"])
     with pytest.raises(ValueError, match="min_size <= max_size"):
         write_split(SPLIT["nwpu_val_instance"], str(tmp_path), 1, min_size=300, max_size=200)
+    with pytest.raises(ValueError, match="unknown scene type 'moon base'"):
+        render_scene(np.random.default_rng(0), 64, 64, collections.deque(), ["ship"], scene_type="moon base")
 
 
 def test_names_of_one_meaning_render_alike():

@@ -1,12 +1,15 @@
-"""The shipped tiny-world ConvNeXt CLIP (weights/tiny_world/) and tools/pretrain_tiny_clip.py."""
+"""The shipped tiny-world CLIPs (weights/tiny_world/) and tools/pretrain_tiny_clip.py."""
 
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = "weights/tiny_world/score-tiny-convnext.pt"
+CONTEXT_CHECKPOINT = "weights/tiny_world/score-tiny-vit.pt"
+TINY_WORLD = REPO / "configs" / "tiny_world"
 
 
 def _pretrain_module():
@@ -16,6 +19,14 @@ def _pretrain_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tiny_world_cfg(name="score_isaid.yaml"):
+    from score.config import get_score_cfg
+
+    cfg = get_score_cfg()
+    cfg.merge_from_file(str(TINY_WORLD / name))
+    return cfg
 
 
 def _shipped_top1(module, per_concept):
@@ -30,6 +41,17 @@ def _shipped_top1(module, per_concept):
     return module.zero_shot_top1(
         model, tokenizer, module.concept_names(), seed=1000, per_concept=per_concept, size=64
     )
+
+
+def _shipped_scene_accuracy(module, per_scene):
+    import open_clip
+
+    from score.modeling.clip_weights import create_clip_model
+    from score.modeling.tiny_clip import TINY_VIT
+
+    model = create_clip_model(TINY_VIT, CONTEXT_CHECKPOINT).float()
+    tokenizer = open_clip.get_tokenizer(TINY_VIT)
+    return module.scene_accuracy(model, tokenizer, seed=1000, per_scene=per_scene, size=224)
 
 
 def test_concepts_cover_every_class_of_every_split():
@@ -47,6 +69,66 @@ def test_shipped_checkpoint_classifies_held_out_crops_far_above_chance():
     chance = 1.0 / len(module.concept_names())
     top1 = _shipped_top1(module, per_concept=3)
     assert top1 > 20 * chance, f"zero-shot top-1 {top1:.3f}, chance {chance:.3f}"
+
+
+@pytest.mark.parametrize("variant", ["score_isaid.yaml", "rai_isaid.yaml", "gca_isaid.yaml"])
+def test_tiny_world_configs_load_both_shipped_towers(variant):
+    """RANDOM_INIT_CLIP False with both local files: every tensor of both towers is the file's."""
+    from detectron2.modeling import build_model
+
+    cfg = _tiny_world_cfg(variant)
+    assert not cfg.MODEL.SCORE.RANDOM_INIT_CLIP
+    model = build_model(cfg)
+    towers = {CHECKPOINT: model.backbone.clip_model, CONTEXT_CHECKPOINT: model.context_encoder.clip_model}
+    for path, tower in towers.items():
+        shipped = torch.load(REPO / path, map_location="cpu", weights_only=True)
+        loaded = tower.state_dict()
+        assert set(shipped) == set(loaded), path
+        for key, value in shipped.items():
+            # fp16 in the file; the ConvNeXt tower runs in fp32, the context tower in RSCLIP_DTYPE.
+            assert torch.equal(loaded[key].to(value.dtype), value), (path, key)
+
+
+def test_shipped_context_tower_names_held_out_scene_types_through_the_config_path():
+    """The global context g that GCA reads (the encoder built from the tiny-world config) names the scene."""
+    import collections
+
+    import numpy as np
+
+    from score.modeling.context import build_context_encoder
+    from synthetic_world import render_scene
+
+    module = _pretrain_module()
+    cfg = _tiny_world_cfg()
+    encoder = build_context_encoder(cfg)
+    names, classes = module.scene_names(), module.scene_classes()
+    keys = list(names)
+    text = torch.stack(
+        [
+            torch.nn.functional.normalize(
+                encoder.encode_text(
+                    [t.format(n) for n in names[key] for t in module.SCENE_TEMPLATES]
+                ).float(),
+                dim=-1,
+            ).mean(0)
+            for key in keys
+        ]
+    )
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(1, 3, 1, 1)
+    rng = np.random.default_rng(2000)
+    per_scene, correct = 4, 0
+    for label, key in enumerate(keys):
+        # Scenes of the size and normalisation of the instance branch's batch.
+        images = [
+            render_scene(rng, 256, 256, collections.deque(), classes[key], scene_type=key).image
+            for _ in range(per_scene)
+        ]
+        batch = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() - mean) / std
+        g = torch.nn.functional.normalize(encoder(batch).global_embed.float(), dim=-1)
+        correct += int((g @ text.T).argmax(1).eq(label).sum())
+    accuracy, chance = correct / (len(keys) * per_scene), 1.0 / len(keys)
+    assert accuracy > 4 * chance, f"scene-type accuracy of g {accuracy:.3f}, chance {chance:.3f}"
 
 
 @pytest.mark.slow
@@ -70,3 +152,11 @@ def test_shipped_checkpoint_names_mask_pooled_scene_regions():
     tokenizer = open_clip.get_tokenizer(TINY_CONVNEXT)
     top1 = module.zero_shot_region_top1(model, tokenizer, concepts, seed=1000, size=256, rounds=1)
     assert top1 > 20 / len(concepts), f"zero-shot top-1 {top1:.3f} on regions, chance {1 / len(concepts):.3f}"
+
+
+@pytest.mark.slow
+def test_context_pretraining_reaches_the_shipped_scene_accuracy(tmp_path):
+    module = _pretrain_module()
+    shipped = _shipped_scene_accuracy(module, per_scene=25)["scene g"]
+    accuracy = module.main(["--tower", "context", "--out", str(tmp_path / "vit.pt"), "--seed", "0"])
+    assert accuracy >= shipped - 0.05, f"rerun {accuracy:.3f} vs shipped {shipped:.3f}"
