@@ -223,13 +223,18 @@ def test_two_processes_equal_one(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     single = run(0, 1, json_file)
 
-    for it in range(2):
+    # Iteration 0: float32 round-off of sums in another order (measured: losses 2e-7
+    # relative, gradients 1.2e-5 of the tensor's largest value). Iteration 1 starts
+    # from weights that differ by that round-off, which the top-k point selection of
+    # the importance sampling and the fp16 context attention amplify (measured: 9e-5
+    # and 5e-4). A wrong mask-count normalisation is off by tens of percent.
+    tolerances = [(1e-5, 1e-4), (1e-3, 2e-3)]
+    for it, (loss_rel, grad_rel) in enumerate(tolerances):
         for key, value in single["losses"][it].items():
-            assert ranks[0]["losses"][it][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (it, key)
+            assert ranks[0]["losses"][it][key] == pytest.approx(value, rel=loss_rel, abs=1e-6), (it, key)
         assert set(ranks[0]["grads"][it]) == set(single["grads"][it])
         for name, grad in single["grads"][it].items():
-            # Float32 round-off of sums in another order, relative to the tensor's scale.
-            tolerance = 1e-4 * float(grad.abs().max()) + 1e-6
+            tolerance = grad_rel * float(grad.abs().max()) + 1e-6
             for r in range(2):  # DDP leaves the same averaged gradient on every rank
                 error = float((ranks[r]["grads"][it][name] - grad).abs().max())
                 assert error <= tolerance, (it, r, name, error, tolerance)
