@@ -165,7 +165,8 @@ def test_eval_script_runs_targets_and_collects_the_table(data_root, tiny_weights
     assert done.returncode == 0, done.stderr[-3000:]
     assert "alpha 0.4, beta 0.4" in done.stdout  # iSAID -> NWPU, from the dataset metadata
     table = (tiny_weights / "eval_final" / "results.md").read_text()
-    assert table.splitlines()[0] == "| run | nwpu | average | nwpu seen | nwpu unseen |"
+    header = "| run | nwpu | average | nwpu seen | nwpu unseen | mean seen | mean unseen |"
+    assert table.splitlines()[0] == header
     config = (tiny_weights / "eval_final" / "nwpu" / "config.yaml").read_text()
     assert "MIN_SIZE_TEST: 64" in config  # extra arguments are passed through
 
