@@ -246,6 +246,8 @@ class SceneStream:
             self._canvas, self._scale = canvas()
         self._next = self.start_tile
         self._open_files()
+        if not self.resumed:  # a manifest from the start: the folder is known to be this run's
+            self._checkpoint(0)
 
     # Opening -----------------------------------------------------------------------------------------
 
