@@ -60,6 +60,10 @@ from .tiling import Box, SceneInstance, TileMerger, instances_to_scene
 
 __all__ = [
     "SceneStream",
+    "part_path",
+    "predict_tile_part",
+    "rank_tiles",
+    "stream_from_parts",
     "file_digest",
     "instance_from_record",
     "instance_record",
@@ -248,6 +252,17 @@ class SceneStream:
         self._open_files()
         if not self.resumed:  # a manifest from the start: the folder is known to be this run's
             self._checkpoint(0)
+
+    @staticmethod
+    def is_done(output: str, stem: str, key: Dict) -> bool:
+        """Whether a scene's output was finished by a run with this key (read-only check)."""
+        path = os.path.join(output, "scenes", stem, "manifest.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return bool(manifest.get("complete")) and manifest.get("key") == json.loads(json.dumps(key))
 
     # Opening -----------------------------------------------------------------------------------------
 
@@ -565,4 +580,89 @@ def predict_tiles(
         bar.update(1)
         bar.set_postfix(written=stream.detections, tile_detections=stream.tile_detections, refresh=False)
     bar.close()
+    stream.finish()
+
+
+# Tile rows shared out over several processes -----------------------------------------------------------
+
+
+def part_path(output: str, stem: str, rank: int, world_size: int) -> str:
+    """The file of tile pieces predicted by ``rank`` of ``world_size`` for one scene."""
+    return os.path.join(output, "scenes", stem, f"tiles.{rank}-of-{world_size}.jsonl")
+
+
+def rank_tiles(windows: Sequence[Box], rank: int, world_size: int) -> List[int]:
+    """The tiles of the rows ``rank``, ``rank + world_size``, ... (rows dealt round-robin)."""
+    starts = row_starts(windows) + [len(windows)]
+    return [
+        i for row in range(rank, len(starts) - 1, world_size) for i in range(starts[row], starts[row + 1])
+    ]
+
+
+def predict_tile_part(
+    predict: Callable,
+    reader,
+    windows: Sequence[Box],
+    tiles: Sequence[int],
+    path: str,
+    key: Dict,
+    *,
+    score_threshold: float = 0.0,
+    progress: bool = False,
+) -> None:
+    """Predict ``tiles`` of a scene and write their pieces to ``path``, one line per tile.
+
+    The first line is ``{"key": key}``; a file with the same key is continued
+    after its last complete tile (the pieces are merged later, in tile order,
+    by :func:`stream_from_parts`).
+    """
+    key = json.loads(json.dumps(key))
+    done: List[int] = []
+    length = 0
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            header = f.readline()
+            if header.endswith("\n") and json.loads(header) == {"key": key}:
+                length = len(header.encode())
+                for line in f:
+                    if not line.endswith("\n"):
+                        break
+                    done.append(json.loads(line)["tile"])
+                    length += len(line.encode())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "r+" if length else "w", encoding="utf-8") as f:
+        f.truncate(length)
+        f.seek(length)
+        if not length:
+            f.write(json.dumps({"key": key}) + "\n")
+        todo = [i for i in tiles if i not in set(done)]
+        for index in tqdm(todo, desc=os.path.basename(path), unit="tile", disable=not progress):
+            start = time.perf_counter()
+            pieces, best = _tile_pieces(predict, reader, windows[index], score_threshold)
+            record = {"tile": index, "best_score": best, "seconds": round(time.perf_counter() - start, 3)}
+            record["pieces"] = [instance_record(p) for p in pieces]
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+def stream_from_parts(stream: SceneStream, parts: Sequence[str]) -> None:
+    """Feed ``stream`` the tiles of the part files of ``world_size = len(parts)`` ranks, and finish it.
+
+    Rank k's file holds the tiles of :func:`rank_tiles` for k; each file is read
+    once, front to back, one tile at a time.
+    """
+    if stream.complete:
+        return
+    owner = {i: k for k in range(len(parts)) for i in rank_tiles(stream.windows, k, len(parts))}
+    readers = [_read_lines(p) for p in parts]
+    for reader in readers:
+        next(reader)  # the key line (checked by the rank that wrote it)
+    for index in range(len(stream.windows)):
+        record = json.loads(next(readers[owner[index]]))
+        if record["tile"] != index:
+            raise ValueError(f"{parts[owner[index]]}: tile {record['tile']} where tile {index} was expected")
+        if index < stream.start_tile:
+            continue
+        pieces = [instance_from_record(r) for r in record["pieces"]]
+        stream.add(index, pieces, best_score=record["best_score"], seconds=record["seconds"])
     stream.finish()

@@ -28,12 +28,16 @@ import os
 import resource
 import sys
 import time
+from datetime import timedelta
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+import torch
+import torch.distributed as dist
 from affine import Affine
 from detectron2.data.detection_utils import read_image
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
@@ -44,8 +48,12 @@ from score.predictor import SCOREPredictor, display_name, parse_vocabulary
 from score.streaming import (
     SceneStream,
     file_digest,
+    part_path,
+    predict_tile_part,
     predict_tiles,
+    rank_tiles,
     state_dict_digest,
+    stream_from_parts,
     write_coco_results,
 )
 from score.tiling import ArrayReader, Box, tile_windows
@@ -98,6 +106,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vis-max-size", type=int, default=2048, help="longest side of the overlay pictures")
     parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
+    parser.add_argument(
+        "--shard",
+        choices=["auto", "scenes", "rows"],
+        default="auto",
+        help="under torchrun: give each process whole scenes, or rows of tiles of every scene "
+        "(auto: scenes when there are at least as many as processes)",
+    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -233,7 +248,6 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
                 "--pixel-geojson writes them in pixel coordinates",
                 path,
             )
-    scene = {"scene": file_digest(path), "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest()}
     return SceneStream(
         args.output,
         output_stem(image_id),
@@ -242,7 +256,7 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
         width=reader.width,
         windows=windows,
         class_names=class_names,
-        key={**scene, **key},
+        key=key,
         match_threshold=args.merge_threshold,
         features=features,
         canvas=None if args.no_vis else (lambda: preview(reader, args.vis_max_size)),
@@ -250,12 +264,61 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
     )
 
 
+def predict_rows_sharded(predictor, reader, path, image_id, windows, args, key: dict, tiled: bool):
+    """One scene whose tile rows are shared out over the ranks; rank 0 merges them. Its stream on rank 0."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    stem = output_stem(image_id)
+    error = None
+    if not SceneStream.is_done(args.output, stem, key):
+        try:
+            tiles = rank_tiles(windows, rank, world)
+            part = part_path(args.output, stem, rank, world)
+            predict_tile_part(
+                predictor,
+                reader,
+                windows,
+                tiles,
+                part,
+                key,
+                score_threshold=args.confidence_threshold,
+                progress=tiled and rank == 0,
+            )
+        except OSError as failure:  # a damaged block of a large raster
+            error = f"rank {rank}: {failure}"
+    errors = [e for e in comm.all_gather(error) if e is not None]  # also waits for every rank's part
+    if errors:
+        raise OSError(f"{path}: " + "; ".join(errors))
+    if rank != 0:
+        return None
+    stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+    parts = [part_path(args.output, stem, k, world) for k in range(world)]
+    stream_from_parts(stream, parts)
+    for part in parts:
+        if os.path.exists(part):
+            os.remove(part)
+    return stream
+
+
 def process_image(predictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg, key: dict):
-    """Predict on one opened scene, streaming its COCO results, GeoJSON and overlay; its stream."""
+    """Predict on one opened scene, streaming its COCO results, GeoJSON and overlay.
+
+    Returns its stream (None on ranks other than 0 when tile rows are sharded).
+    """
     start = time.perf_counter()
     windows, tiled = scene_windows(reader, args, cfg)
-    stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
-    predict_tiles(predictor, reader, stream, score_threshold=args.confidence_threshold, progress=tiled)
+    key = {
+        "scene": file_digest(path),
+        "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
+        **key,
+    }
+    if args.shard == "rows" and comm.get_world_size() > 1:
+        stream = predict_rows_sharded(predictor, reader, path, image_id, windows, args, key, tiled)
+        if stream is None:
+            return None
+    else:
+        stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+        progress = tiled and comm.get_rank() == 0
+        predict_tiles(predictor, reader, stream, score_threshold=args.confidence_threshold, progress=progress)
     if not stream.detections:
         if stream.best_score is None:
             logger.warning("%s: the model found nothing at all", image_id)
@@ -319,6 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None
         paths = find_images(args.input)
         check_output(args)
+        init_distributed(args, len(paths))
         predictor = SCOREPredictor(cfg)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
@@ -339,8 +403,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     weights = cfg.MODEL.WEIGHTS
     model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
     key = run_key(args, cfg, model_digest, class_names)
-    images, detection_files, failed = [], [], []
-    for path, image_id in tqdm(list(zip(paths, image_ids(paths))), desc="images", unit="image"):
+    rank, world = comm.get_rank(), comm.get_world_size()
+    items = list(enumerate(zip(paths, image_ids(paths))))
+    if args.shard == "scenes" and world > 1:
+        items = items[rank::world]  # each rank writes the outputs of its own scenes
+    done, failed = [], []  # (input index, COCO image entry, detections file); paths
+    for index, (path, image_id) in tqdm(items, desc="images", unit="image", disable=rank != 0):
         try:
             reader = open_scene(path, args)
         except (OSError, ValueError) as error:
@@ -356,29 +424,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             if isinstance(reader, GeoTiffReader):
                 reader.close()
-        images.append({"id": image_id, "file_name": path, "height": reader.height, "width": reader.width})
-        detection_files.append(stream.paths["detections"])
-
-    categories = [
-        {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
-        for i, n in enumerate(class_names)
-    ]
-    results_path = os.path.join(args.output, "predictions.json")
-    count = write_coco_results(results_path, images, categories, detection_files)
-    logger.info(
-        "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",
-        count,
-        len(images),
-        results_path,
-        peak_rss_mib(),
-    )
+        if stream is not None:
+            image = {"id": image_id, "file_name": path, "height": reader.height, "width": reader.width}
+            done.append((index, image, stream.paths["detections"]))
+    if world > 1:  # rank 0 joins the parts of all ranks, in input order
+        gathered = comm.all_gather((done, failed))
+        done = sorted(entry for part, _ in gathered for entry in part)
+        failed = [path for _, part in gathered for path in part]
+    if rank == 0:
+        categories = [
+            {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
+            for i, n in enumerate(class_names)
+        ]
+        results_path = os.path.join(args.output, "predictions.json")
+        count = write_coco_results(
+            results_path, [image for _, image, _ in done], categories, [name for _, _, name in done]
+        )
+        logger.info(
+            "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",
+            count,
+            len(done),
+            results_path,
+            peak_rss_mib(),
+        )
+    comm.synchronize()
     if failed:
         logger.error("%d image(s) could not be processed: %s", len(failed), failed)
         return 1
     return 0
 
 
+def init_distributed(args: argparse.Namespace, num_inputs: int) -> None:
+    """Join the process group of a ``torchrun`` launch (WORLD_SIZE > 1) and choose the sharding."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.shard == "auto":
+        args.shard = "scenes" if num_inputs >= world else "rows"
+    if world == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # A rank waits at the end of each row-sharded scene and of the run for the slowest one: a long timeout.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
+    logger.info("Rank %d of %d; sharding the %s", dist.get_rank(), world, args.shard)
+
+
 if __name__ == "__main__":
-    setup_logger(name="detectron2", abbrev_name="d2")
-    setup_logger(name="score")
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun; other ranks log warnings and errors only
+    setup_logger(name="detectron2", abbrev_name="d2", distributed_rank=rank)
+    setup_logger(name="score", distributed_rank=rank)
     sys.exit(main())
