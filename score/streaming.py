@@ -378,28 +378,21 @@ class SceneStream:
             f.write("".join(line + "\n" for line in lines))
 
     def _emit(self, instances: Sequence[SceneInstance]) -> None:
-        """Write final instances: COCO results, GeoJSON Features, overlay."""
-        results, features = [], []
+        """Write final instances, one at a time: COCO results, GeoJSON Features, overlay."""
         for inst in instances:
-            results.append(
-                json.dumps(
-                    {
-                        "image_id": self.image_id,
-                        "category_id": inst.category + 1,
-                        "segmentation": inst.to_coco_rle(self.height, self.width),
-                        "bbox": inst.bbox_xywh(),
-                        "area": inst.area,
-                        "score": round(float(inst.score), 6),
-                        "iscrowd": 0,
-                    }
-                )
-            )
-            if self.features is not None:
-                feature = self.features.feature(inst)
-                if feature is not None:
-                    features.append(json.dumps(feature))
-        self._write("detections", results)
-        self._write("features", features)
+            result = {
+                "image_id": self.image_id,
+                "category_id": inst.category + 1,
+                "segmentation": inst.to_coco_rle(self.height, self.width),
+                "bbox": inst.bbox_xywh(),
+                "area": inst.area,
+                "score": round(float(inst.score), 6),
+                "iscrowd": 0,
+            }
+            self._write("detections", [json.dumps(result)])
+            feature = self.features.feature(inst) if self.features is not None else None
+            if feature is not None:
+                self._write("features", [json.dumps(feature)])
         self.detections += len(instances)
         if self._canvas is not None and instances:
             from .predictor import draw_instances  # the predictor module imports the model stack
