@@ -11,6 +11,13 @@ Writes, under --output:
                             mask, [x, y, w, h] box, score, category_id)
   visualizations/<id>.jpg   the instances drawn on each image (large scenes downscaled)
   geojson/<id>.geojson      one Feature per instance, for georeferenced (Geo)TIFFs
+  geojson/<id>.geojsonl     the same Features, one per line, streamed as tile rows finish
+  scenes/<id>/              streamed COCO results, per-tile progress and the resume manifest
+
+A scene's results are written as its rows of tiles finish (memory bounded by
+the rows, not by the detections) and an interrupted run continues from the
+last finished row (--resume). Under torchrun the scenes, or the tile rows of
+each scene (--shard), are shared out over the processes.
 
 Images larger than the model's test size (the test resize would shrink them
 more than 2x) go through tiled inference (--tiling auto; see docs/PREDICT.md).
