@@ -75,7 +75,7 @@ def make_disc_scene(path: str, size: int, seed: int = 0) -> None:
             dst.write(block.transpose(2, 0, 1), window=rasterio.windows.Window(0, y0, size, rows))
 
 
-def oracle_child(output: str, scene: str) -> None:
+def oracle_child(output: str, scene: str, overlay: bool = True) -> None:
     """The streaming pipeline of tools/predict.py on a disc scene, with the discs as the detections."""
     import score  # noqa: F401, I001  (first: its shims let detectron2 import)
     import cv2
@@ -113,7 +113,7 @@ def oracle_child(output: str, scene: str) -> None:
             class_names=names,
             key={"scene": scene, "oracle": "discs"},
             features=FeatureMaker(names, transform=reader.transform, crs=reader.crs),
-            canvas=lambda: reader.read_preview(2048),
+            canvas=(lambda: reader.read_preview(2048)) if overlay else None,
         )
         predict_tiles(discs, reader, stream, progress=False)
 
@@ -122,7 +122,7 @@ def run(output: Path, tool_args, every: float, kill_at: float = None, oracle: st
     """One run of the tool; the samples (seconds, tiles done, instances written, RSS) and whether killed."""
     scene = next(output.glob("scenes/*"), None) if output.exists() else None
     if oracle is not None:
-        command = [sys.executable, __file__, "--output", str(output), "--oracle-child", oracle]
+        command = [sys.executable, __file__, "--output", str(output), "--oracle-child", oracle, *tool_args]
     else:
         command = [sys.executable, str(TOOL), "--output", str(output), *tool_args]
     child = subprocess.Popen(command)
@@ -162,6 +162,7 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, help="an uninterrupted run's output to compare with")
     parser.add_argument("--oracle", metavar="SCENE", help="a disc scene, predicted by the disc oracle")
     parser.add_argument("--oracle-child", metavar="SCENE", help=argparse.SUPPRESS)
+    parser.add_argument("--no-vis", action="store_true", help="oracle: draw no overlay")
     parser.add_argument("--make-disc-scene", metavar="PATH", help="write a disc scene and stop")
     parser.add_argument("--size", type=int, default=12000, help="side of the disc scene (px)")
     parser.add_argument("tool_args", nargs=argparse.REMAINDER)
@@ -170,7 +171,7 @@ def main() -> int:
         make_disc_scene(args.make_disc_scene, args.size)
         return 0
     if args.oracle_child:
-        oracle_child(str(args.output), args.oracle_child)
+        oracle_child(str(args.output), args.oracle_child, overlay=not args.no_vis)
         return 0
     tool_args = args.tool_args[1:] if args.tool_args[:1] == ["--"] else args.tool_args
     first = run(args.output, tool_args, args.every, args.kill_at, args.oracle)
@@ -182,10 +183,7 @@ def main() -> int:
             print(f"killed: {path} holds {valid} valid Features", flush=True)
         report["resumed"] = run(args.output, tool_args, args.every, oracle=args.oracle)
     if args.reference is not None:
-        names = [
-            "predictions.json",
-            *(str(p.relative_to(args.reference)) for p in args.reference.glob("geojson/*")),
-        ]
+        names = [str(p.relative_to(args.reference)) for p in args.reference.glob("geojson/*")]
         names += [str(p.relative_to(args.reference)) for p in args.reference.glob("visualizations/*")]
         names += [
             str(p.relative_to(args.reference)) for p in args.reference.glob("scenes/*/detections.jsonl")
