@@ -73,11 +73,27 @@ def _amp(device: str, enabled: bool = True):
     return torch.autocast(kind, dtype=dtype, enabled=enabled)
 
 
-def _build(which: str, variant: str, device: str, rai_phase: str = "fixed"):
-    torch.manual_seed(0)
-    cfg = benchmark.build_cfg(which, variant, device)
-    model = benchmark.build_benchmark_model(cfg, rai_phase)
-    return cfg, model
+_MODELS: Dict[str, tuple] = {}
+
+
+def _model(which: str, variant: str, device: str):
+    """(cfg, model) of ``variant``, built once (a full-size build takes tens of seconds) and shared
+    by the stages; one variant held at a time. A new model's RAI is at the start of its warm-up."""
+    if variant not in _MODELS:
+        _MODELS.clear()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        torch.manual_seed(0)
+        cfg = benchmark.build_cfg(which, variant, device)
+        _MODELS[variant] = cfg, benchmark.build_benchmark_model(cfg, rai_phase="gumbel")
+    return _MODELS[variant]
+
+
+def _past_warmup(model) -> None:
+    """Move RAI past its Gumbel warm-up (the steady state of training and of inference)."""
+    if model.rai is not None:
+        for _ in range(max(0, model.rai.warmup_iters - int(model.rai.iteration))):
+            model.rai.step()
 
 
 class _Trainer:
@@ -136,20 +152,18 @@ def _sync(device: str) -> None:
 
 def amp_train(which: str, device: str) -> List[dict]:
     """Two AMP steps in RAI's Gumbel warm-up, then two after it, on the SCORE model."""
-    cfg, model = _build(which, "SCORE", device, rai_phase="gumbel")
+    cfg, model = _model(which, "SCORE", device)
     trainer = _Trainer(cfg, model, device)
     batch = benchmark.make_batch((512, 512), 2, len(model.train_class_names))
     rows = []
     for index in range(4):
         if index == 2:
-            for _ in range(model.rai.warmup_iters):
-                model.rai.step()
+            _past_warmup(model)
         model.train()
         phase = "gumbel" if model.rai.in_gumbel_phase else "fixed"
         result = trainer.step(batch)
         rows.append({"step": index, "rai_phase": phase, **result})
         logger.info("amp step %d (%s): %s", index, phase, result)
-    del trainer, model
     return rows
 
 
@@ -199,7 +213,8 @@ def compare_outputs(reference: Dict[str, torch.Tensor], other: Dict[str, torch.T
 
 def bf16_inference(which: str, device: str) -> List[dict]:
     """float32 against the bf16 frozen tower and against a whole-forward bfloat16 autocast."""
-    _cfg, model = _build(which, "SCORE", device)
+    _cfg, model = _model(which, "SCORE", device)
+    _past_warmup(model)
     batch = benchmark.make_batch((512, 512), 1, len(model.train_class_names), seed=1)
     reference = _head_outputs(model, batch, contextlib.nullcontext())
     rows = []
@@ -214,7 +229,6 @@ def bf16_inference(which: str, device: str) -> List[dict]:
     rows.append({"variant": "whole forward, bfloat16 autocast", **result})
     for row in rows:
         logger.info("bf16 %s", row)
-    del model
     return rows
 
 
@@ -222,7 +236,8 @@ def speed(which: str, device: str, repeats: int, train_repeats: int) -> List[dic
     """Inference img/s at 512 x 512 batch 1 and 8, and an AMP training step, SCORE and FC-CLIP."""
     rows = []
     for variant in benchmark.VARIANTS:
-        cfg, model = _build(which, variant, device)
+        cfg, model = _model(which, variant, device)
+        _past_warmup(model)
         num_classes = len(model.train_class_names)
         for batch_size in (1, 8):
             batch = benchmark.make_batch((512, 512), batch_size, num_classes)
@@ -255,9 +270,7 @@ def speed(which: str, device: str, repeats: int, train_repeats: int) -> List[dic
             }
         )
         logger.info("%s train step b%d: %.1f ms", variant, len(batch), 1000 * best)
-        del trainer, model
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        del trainer
     return rows
 
 
