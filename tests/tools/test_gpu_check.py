@@ -56,3 +56,7 @@ def test_amp_verdict(gpu_check):
     assert gpu_check.verdict({"amp_train": [dict(skipped, skipped_by_scaler=False)]})["amp_train"] is False
     # In the Gumbel phase the kernel logits must get a gradient.
     assert gpu_check.verdict({"amp_train": [dict(fixed, rai_phase="gumbel")]})["amp_train"] is False
+    gated = {"pass": False, "gates_verdict": True}
+    info = {"pass": False, "gates_verdict": False}
+    assert gpu_check.verdict({"bf16_inference": [{**gated, "pass": True}, info]})["bf16_inference"] is True
+    assert gpu_check.verdict({"bf16_inference": [gated, info]})["bf16_inference"] is False
