@@ -2,14 +2,15 @@
 PYTHON ?= .venv/bin/python
 DEMO_ROOT ?= output/demo
 
-.PHONY: help install test test-fast lint format demo clean
+.PHONY: help install test test-fast lint format demo gpu-check clean
 
 help:
 	@echo "make install    virtual environment .venv with torch, detectron2, SCORE (scripts/install.sh)"
 	@echo "make test       the whole test suite, slow end-to-end tests included (what CI runs)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make lint       ruff check + format check"
-	@echo "make demo       synthetic data -> train tiny SCORE on CPU -> cross-dataset evaluation table"
+	@echo "make demo       synthetic data -> train the tiny-world SCORE on CPU -> cross-dataset table, overlays"
+	@echo "make gpu-check  the prepared GPU check (GPU_CHECK_ARGS=--cpu: tiny model on CPU)"
 
 install:
 	bash scripts/install.sh
@@ -30,6 +31,9 @@ format:
 
 demo:
 	bash scripts/demo.sh $(DEMO_ROOT)
+
+gpu-check:
+	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf output .pytest_cache .ruff_cache

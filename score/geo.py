@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -57,6 +57,7 @@ from .tiling import Box, SceneInstance
 
 __all__ = [
     "GEO_SUFFIXES",
+    "FeatureMaker",
     "GeoTiffReader",
     "SCALINGS",
     "crs_member",
@@ -290,6 +291,68 @@ def crs_member(crs: CRS) -> dict:
     return {"type": "name", "properties": {"name": name}}
 
 
+class FeatureMaker:
+    """One GeoJSON Feature per instance, and the collection's members other than "features".
+
+    Args:
+        class_names: the vocabulary; ``category`` indexes it.
+        transform: the raster's affine transform (pixel corners -> map coordinates).
+        crs: the raster's CRS; None writes map coordinates without a "crs" member.
+        to_wgs84: reproject to WGS84 longitude/latitude (RFC 7946) instead of keeping ``crs``.
+        image: source file name, recorded as a foreign member.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        *,
+        transform: Affine,
+        crs: Optional[CRS],
+        to_wgs84: bool = False,
+        image: Optional[str] = None,
+    ):
+        if to_wgs84 and crs is None:
+            raise ValueError("cannot reproject to WGS84: the raster has no CRS")
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.crs = crs
+        self.to_wgs84 = to_wgs84
+        self.image = image
+        self.projected = crs is not None and crs.is_projected
+        self.pixel_area = abs(transform.determinant)
+
+    def header(self) -> Dict:
+        """The FeatureCollection's members before "features" (type, crs, units, image)."""
+        collection: Dict = {"type": "FeatureCollection"}
+        if self.crs is not None and not self.to_wgs84:
+            collection["crs"] = crs_member(self.crs)
+        if self.projected:
+            collection["crs_linear_units"] = self.crs.linear_units
+        if self.image is not None:
+            collection["image"] = self.image
+        return collection
+
+    def feature(self, inst: SceneInstance) -> Optional[Dict]:
+        """The Feature of one instance; None for an empty mask."""
+        geometry = instance_geometry(inst, self.transform)
+        if geometry is None:
+            return None
+        if self.to_wgs84:
+            geometry = rasterio.warp.transform_geom(self.crs, "EPSG:4326", geometry)
+        area = inst.area
+        return {
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {
+                "class": self.class_names[inst.category],
+                "category_id": inst.category + 1,
+                "score": round(float(inst.score), 6),
+                "area_px": area,
+                "area_crs": area * self.pixel_area if self.projected else None,
+            },
+        }
+
+
 def instances_to_geojson(
     instances: Sequence[SceneInstance],
     class_names: Sequence[str],
@@ -299,49 +362,12 @@ def instances_to_geojson(
     to_wgs84: bool = False,
     image: Optional[str] = None,
 ) -> Dict:
-    """A GeoJSON FeatureCollection with one Feature per instance (see the module docstring).
-
-    Args:
-        instances: detections in raster pixel coordinates.
-        class_names: the vocabulary; ``category`` indexes it.
-        transform: the raster's affine transform (pixel corners -> map coordinates).
-        crs: the raster's CRS; None writes map coordinates without a "crs" member.
-        to_wgs84: reproject to WGS84 longitude/latitude (RFC 7946) instead of keeping ``crs``.
-        image: source file name, recorded as a foreign member.
-    """
-    if to_wgs84 and crs is None:
-        raise ValueError("cannot reproject to WGS84: the raster has no CRS")
-    projected = crs is not None and crs.is_projected
-    pixel_area = abs(transform.determinant)
-    features: List[dict] = []
-    for inst in instances:
-        geometry = instance_geometry(inst, transform)
-        if geometry is None:
-            continue
-        if to_wgs84:
-            geometry = rasterio.warp.transform_geom(crs, "EPSG:4326", geometry)
-        area = inst.area
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": geometry,
-                "properties": {
-                    "class": class_names[inst.category],
-                    "category_id": inst.category + 1,
-                    "score": round(float(inst.score), 6),
-                    "area_px": area,
-                    "area_crs": area * pixel_area if projected else None,
-                },
-            }
-        )
-    collection: Dict = {"type": "FeatureCollection"}
-    if crs is not None and not to_wgs84:
-        collection["crs"] = crs_member(crs)
-    if projected:
-        collection["crs_linear_units"] = crs.linear_units
-    if image is not None:
-        collection["image"] = image
-    collection["features"] = features
+    """A GeoJSON FeatureCollection with one Feature per instance (see the module docstring and
+    :class:`FeatureMaker` for the arguments)."""
+    maker = FeatureMaker(class_names, transform=transform, crs=crs, to_wgs84=to_wgs84, image=image)
+    features = [maker.feature(inst) for inst in instances]
+    collection = maker.header()
+    collection["features"] = [f for f in features if f is not None]
     return collection
 
 

@@ -36,6 +36,7 @@ from .modeling.matcher import HungarianMatcher
 from .modeling.open_vocab import classification_logits, geometric_ensemble, mask_pool
 from .modeling.postprocessing import instance_inference
 from .modeling.text_classifier import TextClassifierBank, classifier_cache_key, seen_flags
+from .profiling import profiled
 
 __all__ = ["SCORE"]
 
@@ -283,6 +284,7 @@ class SCORE(nn.Module):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @profiled("score.backbone")
     def image_features(self, images: Tensor) -> Dict[str, Tensor]:
         """The frozen ConvNeXt tower's res2..res5 and ``clip_vis_dense`` of the padded batch (B, 3, H, W)."""
         if self.frozen_towers_autocast == "none":
@@ -292,6 +294,7 @@ class SCORE(nn.Module):
         # The trainable head runs in float32 (or under the trainer's own AMP).
         return {name: feature.float() for name, feature in features.items()}
 
+    @profiled("score.context_tower")
     def encode_context(self, images: Tensor) -> Optional[ContextFeatures]:
         """Global and dense scene context of the padded batch; None for the baseline."""
         if self.context_encoder is None:
@@ -314,6 +317,7 @@ class SCORE(nn.Module):
         classifier, num_synonyms = self._device_classifiers[key]
         return classifier, list(num_synonyms)
 
+    @profiled("score.text_classifier")
     def text_classifier(
         self, batch_size: int, context: Optional[ContextFeatures]
     ) -> Tuple[Tensor, List[int]]:
@@ -327,6 +331,7 @@ class SCORE(nn.Module):
         return torch.cat([adapted, void.expand(batch_size, -1, -1)], dim=1), num_synonyms
 
     # ------------------------------------------------------------------ training
+    @profiled("score.losses")
     def losses(self, outputs: dict, batched_inputs: List[dict], images: ImageList) -> Dict[str, Tensor]:
         """Mask2Former losses on the final and auxiliary predictions, weighted."""
         targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
@@ -348,6 +353,7 @@ class SCORE(nn.Module):
         return targets
 
     # ------------------------------------------------------------------ inference
+    @profiled("score.oov_pooling")
     def out_vocab_logits(
         self, features: Dict[str, Tensor], context: Optional[ContextFeatures], mask_logits: Tensor
     ) -> Tuple[Tensor, Tensor]:

@@ -365,6 +365,35 @@ class TileMerger:
             self._active[key] = inst
             candidates[key] = inst
 
+    def release(self, top: int) -> List[SceneInstance]:
+        """Take out the instances that are final before a row of tiles starting at row ``top``.
+
+        An instance whose box ends above ``top`` can neither overlap nor touch
+        a tile of that row or a later one. Called before the first tile of each
+        row, this keeps the merger's memory to the pieces that reach the current
+        row (the stream writer of :mod:`score.streaming` emits the rest).
+        Returned in the order they entered the working set.
+        """
+        finished = [key for key, inst in self._active.items() if inst.box[3] < top]
+        released = self._done + [self._active.pop(key) for key in finished]
+        self._done = []
+        return released
+
+    @property
+    def held(self) -> List[Tuple[int, SceneInstance]]:
+        """The working set as (key, instance), in insertion order (its order decides ties in matching)."""
+        return list(self._active.items())
+
+    @property
+    def next_key(self) -> int:
+        return self._next_id
+
+    def restore(self, held: Sequence[Tuple[int, SceneInstance]], next_key: int) -> None:
+        """Continue from a saved working set (``held`` and ``next_key`` of an earlier merger)."""
+        self._active = dict(held)
+        self._done = []
+        self._next_id = next_key
+
     def finish(self) -> List[SceneInstance]:
         """All merged instances, by decreasing score."""
         result = self._done + list(self._active.values())

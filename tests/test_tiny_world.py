@@ -99,7 +99,7 @@ def _classify_gt_masks(model, scenes, monkeypatch):
 
 @pytest.fixture(scope="module")
 def scenes():
-    return _scenes(UNSEEN, num_images=6, size=384, seed=7)
+    return _scenes(UNSEEN, num_images=8, size=384, seed=7)
 
 
 def test_out_of_vocabulary_path_names_unseen_objects(scenes, monkeypatch):

@@ -335,6 +335,178 @@ def benchmark_variant(
     return rows
 
 
+# ---------------------------------------------------------------------------- profile
+
+# (profiler label, table row). The labels are set in the model (score/profiling.py), except the
+# decoder layers (forward hooks below) and the backward / optimizer step (this script). The
+# "of which" rows are parts of the transformer decoder.
+PROFILE_STAGES = (
+    ("score.backbone", "backbone (frozen ConvNeXt CLIP)"),
+    ("score.context_tower", "context tower (frozen RemoteCLIP ViT)"),
+    ("score.text_classifier", "text classifier (cached)"),
+    ("score.pixel_decoder", "pixel decoder (deformable attention)"),
+    ("score.transformer_decoder", "transformer decoder"),
+    ("score.decoder_layers", "of which: decoder layers (attention + FFN)"),
+    ("score.rai", "of which: RAI (one call per prediction)"),
+    ("score.oov_pooling", "out-of-vocabulary pooling"),
+    ("score.postprocessing", "post-processing (instance inference)"),
+    ("score.losses", "losses (matcher + criterion)"),
+    ("score.backward", "backward"),
+    ("score.optimizer_step", "optimizer step"),
+)
+
+
+@contextlib.contextmanager
+def _decoder_layer_labels(model: torch.nn.Module):
+    """Profiler ranges "score.decoder_layers" around each decoder layer's forward, by hooks."""
+    from torch.profiler import record_function
+
+    predictor = model.sem_seg_head.predictor
+    layers = [
+        layer
+        for name in (
+            "transformer_cross_attention_layers",
+            "transformer_self_attention_layers",
+            "transformer_ffn_layers",
+        )
+        for layer in getattr(predictor, name, [])
+    ]
+    open_ranges: List[record_function] = []
+
+    def enter(_module, _inputs):
+        open_ranges.append(record_function("score.decoder_layers").__enter__())
+
+    def leave(_module, _inputs, _outputs):
+        open_ranges.pop().__exit__(None, None, None)
+
+    handles = [
+        h
+        for layer in layers
+        for h in (layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def profile_variant(
+    which: str, *, device: str, size: Tuple[int, int], tasks: Sequence[str], opts: Sequence[str] = ()
+) -> List[dict]:
+    """torch.profiler time per stage (PROFILE_STAGES) of one inference and/or one training step.
+
+    Each task runs once unprofiled (warm-up; its wall time is kept as "unprofiled ms") and once
+    under the profiler (CPU activity, no shapes or stacks). Stage times are the profiler's
+    inclusive CPU time of each labelled range.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from score.engine.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = build_cfg(which, "SCORE", device, opts)
+    model = build_benchmark_model(cfg)
+    batch = make_batch(size, 1, len(model.train_class_names))
+    optimizer = build_optimizer(cfg, model) if "train step" in tasks else None
+
+    def inference() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(batch)
+
+    def train_step() -> None:
+        model.train()
+        losses = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        with record_function("score.backward"):
+            sum(losses.values()).backward()
+        with record_function("score.optimizer_step"):
+            optimizer.step()
+
+    rows = []
+    for task in tasks:
+        fn = inference if task == "inference" else train_step
+        unprofiled = _timed(fn, 1, device)[0]
+        with _decoder_layer_labels(model), profile(activities=[ProfilerActivity.CPU]) as prof:
+            tic = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - tic
+        totals = {e.key: e.cpu_time_total / 1000 for e in prof.key_averages() if e.key.startswith("score.")}
+        calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("score.")}
+        for label, stage in PROFILE_STAGES:
+            if label in totals:
+                rows.append(
+                    {"arch": which, "task": task, "stage": stage, "ms": totals[label], "calls": calls[label]}
+                )
+        top = {label for label, stage in PROFILE_STAGES if not stage.startswith("of which")}
+        other = 1000 * wall - sum(ms for label, ms in totals.items() if label in top)
+        rows.append(
+            {
+                "arch": which,
+                "task": task,
+                "stage": "other (preprocessing, unlabelled)",
+                "ms": other,
+                "calls": 1,
+            }
+        )
+        rows.append({"arch": which, "task": task, "stage": "total (profiled)", "ms": 1000 * wall, "calls": 1})
+        rows.append(
+            {
+                "arch": which,
+                "task": task,
+                "stage": "total (unprofiled run)",
+                "ms": 1000 * unprofiled,
+                "calls": 1,
+            }
+        )
+        logger.info(
+            "profile %s %s: %.0f ms profiled, %.0f ms unprofiled", which, task, 1000 * wall, 1000 * unprofiled
+        )
+    return rows
+
+
+def render_profile(report: dict) -> str:
+    """One column per (arch, task): ms and share of the profiled total of each stage."""
+    columns: Dict[tuple, Dict[str, dict]] = {}
+    for row in report["profile"]:
+        columns.setdefault((row["arch"], row["task"]), {})[row["stage"]] = row
+    stages = [stage for _, stage in PROFILE_STAGES] + [
+        "other (preprocessing, unlabelled)",
+        "total (profiled)",
+        "total (unprofiled run)",
+    ]
+    table = []
+    for stage in stages:
+        line = {"stage": stage}
+        present = False
+        for (arch, task), by_stage in columns.items():
+            row = by_stage.get(stage)
+            total = by_stage["total (profiled)"]["ms"]
+            cell = ""
+            if row is not None:
+                present = True
+                cell = (
+                    f"{row['ms']:.0f}"
+                    if stage.startswith("total")
+                    else f"{row['ms']:.0f} ({100 * row['ms'] / total:.0f} %)"
+                )
+            line[f"{arch} {task} ms"] = cell
+        if present:
+            table.append(line)
+    size = _size_label(report["profile_size"])
+    parts = [
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()),
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Profile (torch.profiler, CPU time per labelled stage, inclusive), {size}, batch 1, random weights:",
+        "",
+        tabulate(table, headers="keys", tablefmt="github"),
+    ]
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------- text classifier
 
 
@@ -540,9 +712,33 @@ def _worker(job_file: str, out_file: str) -> None:
     if kind == "model":
         job["sizes"] = [tuple(s) for s in job["sizes"]]
         rows = benchmark_variant(**job)
+    elif kind == "profile":
+        job["size"] = tuple(job["size"])
+        rows = profile_variant(**job)
     else:
         rows = benchmark_text_classifier(**job)
     Path(out_file).write_text(json.dumps(rows))
+
+
+def run_profile(args: argparse.Namespace) -> dict:
+    """--profile: the stage profile of SCORE for each --which, each in its own subprocess."""
+    report = {"machine": machine_info(args.device), "command": " ".join(sys.argv), "profile": []}
+    report["profile_size"] = args.profile_size
+    for which in args.which:
+        tasks = (
+            ["inference"] if which == "full" and not args.profile_full_train else ["inference", "train step"]
+        )
+        job = {
+            "kind": "profile",
+            "which": which,
+            "device": args.device,
+            "size": args.profile_size,
+            "tasks": tasks,
+            "opts": args.opts,
+            "threads": args.threads,
+        }
+        report["profile"] += _in_subprocess(job)
+    return report
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -652,6 +848,14 @@ def main() -> None:
         "with other busy processes, use fewer threads than free cores: a descheduled OpenMP thread "
         "stalls every parallel op (10x slower on 2 shared cores)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only the per-stage torch.profiler table (inference and a training step; the full model: "
+        "inference only unless --profile-full-train) at --profile-size, batch 1",
+    )
+    parser.add_argument("--profile-size", type=_parse_size, default=(512, 683))
+    parser.add_argument("--profile-full-train", action="store_true")
     parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides for both variants")
     parser.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args()
@@ -659,8 +863,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report = run(args)
-    text = render(report)
+    report = run_profile(args) if args.profile else run(args)
+    text = render_profile(report) if args.profile else render(report)
     sys.stdout.write(text + "\n")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

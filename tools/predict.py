@@ -11,6 +11,13 @@ Writes, under --output:
                             mask, [x, y, w, h] box, score, category_id)
   visualizations/<id>.jpg   the instances drawn on each image (large scenes downscaled)
   geojson/<id>.geojson      one Feature per instance, for georeferenced (Geo)TIFFs
+  geojson/<id>.geojsonl     the same Features, one per line, streamed as tile rows finish
+  scenes/<id>/              streamed COCO results, per-tile progress and the resume manifest
+
+A scene's results are written as its rows of tiles finish (memory bounded by
+the rows, not by the detections) and an interrupted run continues from the
+last finished row (--resume). Under torchrun the scenes, or the tile rows of
+each scene (--shard), are shared out over the processes.
 
 Images larger than the model's test size (the test resize would shrink them
 more than 2x) go through tiled inference (--tiling auto; see docs/PREDICT.md).
@@ -21,25 +28,41 @@ others are still processed and the exit status is 1 at the end.
 import score  # noqa: F401, I001  (first: its shims let detectron2 import on numpy>=1.24, Pillow>=10)
 import argparse
 import glob
+import hashlib
 import json
 import logging
 import os
 import resource
 import sys
 import time
+from datetime import timedelta
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+import torch
+import torch.distributed as dist
 from affine import Affine
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from score.config import get_score_cfg
 from score.engine import adapt_cfg_to_device
-from score.geo import GEO_SUFFIXES, GeoTiffReader, instances_to_geojson, read_image_uint8, write_geojson
-from score.predictor import SCOREPredictor, coco_annotations, display_name, draw_instances, parse_vocabulary
-from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tiled_inference
+from score.geo import GEO_SUFFIXES, FeatureMaker, GeoTiffReader, read_image_uint8
+from score.predictor import SCOREPredictor, display_name, parse_vocabulary
+from score.streaming import (
+    SceneStream,
+    file_digest,
+    part_path,
+    predict_tile_part,
+    predict_tiles,
+    rank_tiles,
+    state_dict_digest,
+    stream_from_parts,
+    write_coco_results,
+)
+from score.tiling import ArrayReader, Box, tile_windows
 
 logger = logging.getLogger("score.predict")
 
@@ -92,6 +115,25 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vis-max-size", type=int, default=2048, help="longest side of the overlay pictures")
     parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
+    parser.add_argument(
+        "--shard",
+        choices=["auto", "scenes", "rows"],
+        default="auto",
+        help="under torchrun: give each process whole scenes, or rows of tiles of every scene "
+        "(auto: scenes when there are at least as many as processes)",
+    )
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_const",
+        const="always",
+        default="auto",
+        help="continue interrupted scenes; a partial output of another scene, model or vocabulary is an "
+        "error (default: continue when it matches, start the scene over when it does not)",
+    )
+    resume.add_argument(
+        "--no-resume", dest="resume", action="store_const", const="never", help="start every scene over"
+    )
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last option)"
     )
@@ -159,42 +201,17 @@ def needs_tiling(height: int, width: int, min_size: int, max_size: int) -> bool:
     return min(min_size / min(height, width), max_size / max(height, width)) < 0.5
 
 
-class BestScore:
-    """A predictor that remembers the best score it returned (to explain an empty result)."""
-
-    def __init__(self, predictor: SCOREPredictor):
-        self.predictor = predictor
-        self.best: Optional[float] = None
-
-    def __call__(self, image: np.ndarray):
-        instances = self.predictor(image)
-        if len(instances):
-            best = float(instances.scores.max())
-            self.best = best if self.best is None else max(self.best, best)
-        return instances
-
-
-def predict_scene(predictor, reader, args, cfg) -> Tuple[List[SceneInstance], bool]:
-    """Instances of one scene (tiled or whole) above the confidence threshold, and whether it was tiled."""
+def scene_windows(reader, args, cfg) -> Tuple[List[Box], bool]:
+    """The tile windows of a scene (one window when it is not tiled), and whether it is tiled."""
     tiled = args.tiling == "always" or (
         args.tiling == "auto"
         and needs_tiling(reader.height, reader.width, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     )
     if not tiled:
-        window = (0, 0, reader.width, reader.height)
-        return instances_to_scene(predictor(reader.read(window)), window, args.confidence_threshold), False
+        return [(0, 0, reader.width, reader.height)], False
     tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
     overlap = tile_size // 4 if args.tile_overlap is None else args.tile_overlap
-    instances = tiled_inference(
-        predictor,
-        reader,
-        tile_size=tile_size,
-        overlap=overlap,
-        score_threshold=args.confidence_threshold,
-        match_threshold=args.merge_threshold,
-        progress=True,
-    )
-    return instances, True
+    return tile_windows(reader.height, reader.width, tile_size, overlap), True
 
 
 def output_stem(image_id: str) -> str:
@@ -206,16 +223,116 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def process_image(
-    predictor: SCOREPredictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg
-) -> List[SceneInstance]:
-    """Predict on one opened scene and write its overlay and GeoJSON; the instances (for the COCO file)."""
+def run_key(args: argparse.Namespace, cfg, model_digest: str, class_names: List[str]) -> dict:
+    """What every scene's output of this run depends on besides the scene: model, vocabulary, settings."""
+    settings = {
+        "confidence_threshold": args.confidence_threshold,
+        "merge_threshold": args.merge_threshold,
+        "bands": args.bands,
+        "scaling": args.scaling,
+        "geojson_crs": args.geojson_crs,
+        "pixel_geojson": args.pixel_geojson,
+        "overlay": None if args.no_vis else args.vis_max_size,
+    }
+    return {
+        "model": model_digest,
+        "vocabulary": class_names,
+        "config": hashlib.sha256(cfg.dump().encode()).hexdigest(),
+        "settings": settings,
+    }
+
+
+def open_stream(reader, path: str, image_id: str, windows: List[Box], args, class_names, key: dict):
+    """The stream writer of one scene (it resumes a partial output with the same key)."""
+    features = None
+    if isinstance(reader, GeoTiffReader):
+        if reader.georeferenced or args.pixel_geojson:
+            features = FeatureMaker(
+                [display_name(n) for n in class_names],
+                transform=reader.transform if reader.georeferenced else Affine.identity(),
+                crs=reader.crs,
+                to_wgs84=reader.georeferenced and args.geojson_crs == "wgs84",
+                image=path,
+            )
+        else:
+            logger.warning(
+                "%s has no CRS: no GeoJSON written for it (its coordinates would be pixels); "
+                "--pixel-geojson writes them in pixel coordinates",
+                path,
+            )
+    return SceneStream(
+        args.output,
+        output_stem(image_id),
+        image_id=image_id,
+        height=reader.height,
+        width=reader.width,
+        windows=windows,
+        class_names=class_names,
+        key=key,
+        match_threshold=args.merge_threshold,
+        features=features,
+        canvas=None if args.no_vis else (lambda: preview(reader, args.vis_max_size)),
+        resume=args.resume,
+    )
+
+
+def predict_rows_sharded(predictor, reader, path, image_id, windows, args, key: dict, tiled: bool):
+    """One scene whose tile rows are shared out over the ranks; rank 0 merges them. Its stream on rank 0."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    stem = output_stem(image_id)
+    error = None
+    if not SceneStream.is_done(args.output, stem, key):
+        try:
+            tiles = rank_tiles(windows, rank, world)
+            part = part_path(args.output, stem, rank, world)
+            predict_tile_part(
+                predictor,
+                reader,
+                windows,
+                tiles,
+                part,
+                key,
+                score_threshold=args.confidence_threshold,
+                progress=tiled and rank == 0,
+            )
+        except OSError as failure:  # a damaged block of a large raster
+            error = f"rank {rank}: {failure}"
+    errors = [e for e in comm.all_gather(error) if e is not None]  # also waits for every rank's part
+    if errors:
+        raise OSError(f"{path}: " + "; ".join(errors))
+    if rank != 0:
+        return None
+    stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+    parts = [part_path(args.output, stem, k, world) for k in range(world)]
+    stream_from_parts(stream, parts)
+    for part in parts:
+        if os.path.exists(part):
+            os.remove(part)
+    return stream
+
+
+def process_image(predictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg, key: dict):
+    """Predict on one opened scene, streaming its COCO results, GeoJSON and overlay.
+
+    Returns its stream (None on ranks other than 0 when tile rows are sharded).
+    """
     start = time.perf_counter()
-    tracked = BestScore(predictor)
-    instances, tiled = predict_scene(tracked, reader, args, cfg)
-    predict_seconds = time.perf_counter() - start
-    if not instances:
-        if tracked.best is None:
+    windows, tiled = scene_windows(reader, args, cfg)
+    key = {
+        "scene": file_digest(path),
+        "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
+        **key,
+    }
+    if args.shard == "rows" and comm.get_world_size() > 1:
+        stream = predict_rows_sharded(predictor, reader, path, image_id, windows, args, key, tiled)
+        if stream is None:
+            return None
+    else:
+        stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+        progress = tiled and comm.get_rank() == 0
+        predict_tiles(predictor, reader, stream, score_threshold=args.confidence_threshold, progress=progress)
+    if not stream.detections:
+        if stream.best_score is None:
             logger.warning("%s: the model found nothing at all", image_id)
         else:
             logger.warning(
@@ -223,43 +340,15 @@ def process_image(
                 "lower it with --confidence-threshold",
                 image_id,
                 args.confidence_threshold,
-                tracked.best,
+                stream.best_score,
             )
-    predict_peak = peak_rss_mib()
-    class_names = predictor.class_names
-    stem = output_stem(image_id)
-    if not args.no_vis:
-        view, scale = preview(reader, args.vis_max_size)
-        overlay = draw_instances(view, instances, class_names, scale)
-        os.makedirs(os.path.join(args.output, "visualizations"), exist_ok=True)
-        cv2.imwrite(os.path.join(args.output, "visualizations", stem + ".jpg"), overlay[:, :, ::-1])
-    if isinstance(reader, GeoTiffReader):
-        if reader.georeferenced or args.pixel_geojson:
-            collection = instances_to_geojson(
-                instances,
-                [display_name(n) for n in class_names],
-                transform=reader.transform if reader.georeferenced else Affine.identity(),
-                crs=reader.crs,
-                to_wgs84=reader.georeferenced and args.geojson_crs == "wgs84",
-                image=path,
-            )
-            write_geojson(os.path.join(args.output, "geojson", stem + ".geojson"), collection)
-        else:
-            logger.warning(
-                "%s has no CRS: no GeoJSON written for it (its coordinates would be pixels); "
-                "--pixel-geojson writes them in pixel coordinates",
-                path,
-            )
-    message = "%s: %d x %d px, %d instances, predicted in %.1f s, written in %.1f s"
-    values = [image_id, reader.width, reader.height, len(instances), predict_seconds]
-    values.append(time.perf_counter() - start - predict_seconds)
+    message = "%s: %d x %d px, %d instances, done in %.1f s"
+    values = [image_id, reader.width, reader.height, stream.detections, time.perf_counter() - start]
     if tiled:
-        # What a (R, H, W) float32 mask stack of the whole scene, as one forward would return, would take.
-        message += "; tiled, peak resident memory %.0f MiB after prediction, %.0f MiB after writing"
-        message += " (a full-scene float32 mask stack of these instances: %.0f MiB)"
-        values += [predict_peak, peak_rss_mib(), len(instances) * reader.height * reader.width * 4 / 2**20]
+        message += " (tiled: %d tiles, %d tile detections before merging); peak resident memory %.0f MiB"
+        values += [len(windows), stream.tile_detections, peak_rss_mib()]
     logger.info(message, *values)
-    return instances
+    return stream
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -281,7 +370,7 @@ def check_output(args: argparse.Namespace) -> None:
         raise OSError(f"--output {args.output}: cannot create the folder ({error.strerror})") from error
     if not os.access(args.output, os.W_OK | os.X_OK):
         raise PermissionError(f"--output {args.output}: the folder is not writable")
-    folders = ["geojson"] + ([] if args.no_vis else ["visualizations"])
+    folders = ["geojson", "scenes"] + ([] if args.no_vis else ["visualizations"])
     for name in folders:
         path = os.path.join(args.output, name)
         if os.path.exists(path) and not os.path.isdir(path):
@@ -305,6 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None
         paths = find_images(args.input)
         check_output(args)
+        init_distributed(args, len(paths))
         predictor = SCOREPredictor(cfg)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
@@ -322,8 +412,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         peak_rss_mib(),
     )
 
-    images, annotations, failed = [], [], []
-    for path, image_id in tqdm(list(zip(paths, image_ids(paths))), desc="images", unit="image"):
+    weights = cfg.MODEL.WEIGHTS
+    model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
+    key = run_key(args, cfg, model_digest, class_names)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    items = list(enumerate(zip(paths, image_ids(paths))))
+    if args.shard == "scenes" and world > 1:
+        items = items[rank::world]  # each rank writes the outputs of its own scenes
+    done, failed = [], []  # (input index, COCO image entry, detections file); paths
+    for index, (path, image_id) in tqdm(items, desc="images", unit="image", disable=rank != 0):
         try:
             reader = open_scene(path, args)
         except (OSError, ValueError) as error:
@@ -331,40 +428,60 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed.append(path)
             continue
         try:
-            instances = process_image(predictor, reader, path, image_id, args, cfg)
-        except OSError as error:  # a damaged block of a large raster
+            stream = process_image(predictor, reader, path, image_id, args, cfg, key)
+        except (OSError, ValueError) as error:  # a damaged block of a large raster, a foreign partial output
             logger.error("%s", error)
             failed.append(path)
             continue
         finally:
             if isinstance(reader, GeoTiffReader):
                 reader.close()
-        images.append({"id": image_id, "file_name": path, "height": reader.height, "width": reader.width})
-        annotations += coco_annotations(
-            instances, image_id, reader.height, reader.width, len(annotations) + 1
+        if stream is not None:
+            image = {"id": image_id, "file_name": path, "height": reader.height, "width": reader.width}
+            done.append((index, image, stream.paths["detections"]))
+    if world > 1:  # rank 0 joins the parts of all ranks, in input order
+        gathered = comm.all_gather((done, failed))
+        done = sorted(entry for part, _ in gathered for entry in part)
+        failed = [path for _, part in gathered for path in part]
+    if rank == 0:
+        categories = [
+            {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
+            for i, n in enumerate(class_names)
+        ]
+        results_path = os.path.join(args.output, "predictions.json")
+        count = write_coco_results(
+            results_path, [image for _, image, _ in done], categories, [name for _, _, name in done]
         )
-
-    categories = [
-        {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
-        for i, n in enumerate(class_names)
-    ]
-    results_path = os.path.join(args.output, "predictions.json")
-    with open(results_path, "w", encoding="utf-8") as f:
-        json.dump({"images": images, "categories": categories, "annotations": annotations}, f)
-    logger.info(
-        "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",
-        len(annotations),
-        len(images),
-        results_path,
-        peak_rss_mib(),
-    )
+        logger.info(
+            "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",
+            count,
+            len(done),
+            results_path,
+            peak_rss_mib(),
+        )
+    comm.synchronize()
     if failed:
-        logger.error("%d image(s) could not be read: %s", len(failed), failed)
+        logger.error("%d image(s) could not be processed: %s", len(failed), failed)
         return 1
     return 0
 
 
+def init_distributed(args: argparse.Namespace, num_inputs: int) -> None:
+    """Join the process group of a ``torchrun`` launch (WORLD_SIZE > 1) and choose the sharding."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.shard == "auto":
+        args.shard = "scenes" if num_inputs >= world else "rows"
+    if world == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # A rank waits at the end of each row-sharded scene and of the run for the slowest one: a long timeout.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
+    logger.info("Rank %d of %d; sharding the %s", dist.get_rank(), world, args.shard)
+
+
 if __name__ == "__main__":
-    setup_logger(name="detectron2", abbrev_name="d2")
-    setup_logger(name="score")
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun; other ranks log warnings and errors only
+    setup_logger(name="detectron2", abbrev_name="d2", distributed_rank=rank)
+    setup_logger(name="score", distributed_rank=rank)
     sys.exit(main())

@@ -15,6 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 
+from ..profiling import record_function
 from .pixel_decoder import build_pixel_decoder
 from .transformer_decoder import build_transformer_decoder
 
@@ -53,5 +54,7 @@ class SCOREHead(nn.Module):
         num_synonyms: Sequence[int],
         context: Optional[object] = None,
     ) -> dict:
-        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale_features, mask_features, text_classifier, num_synonyms, context)
+        with record_function("score.pixel_decoder"):
+            mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        with record_function("score.transformer_decoder"):
+            return self.predictor(multi_scale_features, mask_features, text_classifier, num_synonyms, context)

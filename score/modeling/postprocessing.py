@@ -10,10 +10,12 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-__all__ = ["instance_inference", "resize_mask_logits"]
+from ..profiling import profiled
+
+__all__ = ["instance_inference", "mask_boxes", "resize_mask_logits"]
 
 
 def resize_mask_logits(
@@ -28,9 +30,35 @@ def resize_mask_logits(
     """
     logits = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     logits = logits[..., : image_size[0], : image_size[1]]
+    if tuple(output_size) == tuple(logits.shape[-2:]):
+        # Bilinear resizing to the same size (align_corners False) is the identity: skip the pass.
+        return logits[0]
     return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)[0]
 
 
+def mask_boxes(masks: Tensor) -> Tensor:
+    """(R, H, W) bool masks -> (R, 4) float32 tight boxes (x0, y0, x1, y1), zeros for empty masks.
+
+    The boxes of detectron2's ``BitMasks.get_bounding_boxes`` (x1 = last column + 1), without its
+    loop over masks; the row / column occupancy is a uint8 max, much faster than ``any`` on bool.
+    """
+    as_bytes = masks.view(torch.uint8)
+    cols = as_bytes.amax(dim=1).bool()  # (R, W)
+    rows = as_bytes.amax(dim=2).bool()  # (R, H)
+
+    def first_last(occupied: Tensor) -> Tuple[Tensor, Tensor]:
+        size = occupied.shape[1]
+        first = occupied.byte().argmax(dim=1)  # argmax gives the first maximum
+        last = size - 1 - occupied.flip(1).byte().argmax(dim=1)
+        return first, last + 1
+
+    x0, x1 = first_last(cols)
+    y0, y1 = first_last(rows)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    return boxes * cols.any(dim=1, keepdim=True)
+
+
+@profiled("score.postprocessing")
 def instance_inference(
     class_logits: Tensor,
     mask_logits: Tensor,
@@ -54,7 +82,8 @@ def instance_inference(
     gives a class and its query's mask. The binary mask is logits > 0, the box
     its tight box, and the score the class score times the mean sigmoid
     probability inside the binary mask. Only the masks of the picked queries
-    are resized to the image, once per distinct query.
+    are resized to the image, binarised, scored and boxed, once per distinct
+    query; detections of the same query share those results.
     """
     num_classes = class_logits.shape[1] - 1
     scores = class_logits.softmax(-1)[:, :num_classes]
@@ -71,7 +100,7 @@ def instance_inference(
 
     result = Instances(output_size)
     result.pred_masks = binary[inverse]
-    result.pred_boxes = BitMasks(result.pred_masks).get_bounding_boxes()
+    result.pred_boxes = Boxes(mask_boxes(binary)[inverse])
     result.scores = top_scores * mask_scores[inverse]
     result.pred_classes = classes
     return result

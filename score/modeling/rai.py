@@ -23,6 +23,7 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 
 from score.modeling.open_vocab import mask_pool
+from score.profiling import profiled
 
 if TYPE_CHECKING:
     from score.modeling.context import ContextFeatures
@@ -398,6 +399,7 @@ class RegionAwareIntegration(nn.Module):
             pooled = mask_pool(features, dilated)
         return pooled.to(dtype)
 
+    @profiled("score.rai")
     def forward(self, class_embed: Tensor, mask_logits: Tensor, context: ContextFeatures) -> Tensor:
         """V (B, Q, D), mask logits M (B, Q, H, W) and the context features -> V-hat (B, Q, D)."""
         if self.forms_regions:

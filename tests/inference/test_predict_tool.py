@@ -311,3 +311,61 @@ def test_bad_weights_exit_non_zero_naming_the_problem(
     # The documented switch loads the partial checkpoint on purpose.
     if weights == "queries10.pth":
         assert predict_tool.main(argv + ["MODEL.ALLOW_PARTIAL_WEIGHTS", "True"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A checkpoint of one tiny model, so that every run (and every process) predicts the same."""
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
+    return str(path)
+
+
+def scene_outputs(out):
+    """What a run wrote: COCO results, FeatureCollection, streamed features, overlay bytes."""
+    return {
+        "coco": json.loads((out / "predictions.json").read_text()),
+        "collection": json.loads((out / "geojson" / "scene.geojson").read_text()),
+        "features": (out / "geojson" / "scene.geojsonl").read_text(),
+        "overlay": (out / "visualizations" / "scene.jpg").read_bytes(),
+    }
+
+
+@pytest.mark.slow  # three runs of the tool (about 90 s on 2 shared cores)
+def test_interrupted_scene_resumes_to_the_same_result(predict_tool, tmp_path, tiny_weights, monkeypatch):
+    load_tool("make_geotiff_scene").make_scene(str(tmp_path / "scene.tif"), 400, seed=3)
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(tmp_path / "scene.tif")]
+    argv += ["--vocab", "building,storage tank,ship", "--confidence-threshold", "0", "--tiling", "always"]
+    argv += ["--tile-size", "128", "--tile-overlap", "32", "--vis-max-size", "200"]  # 4 x 4 tiles
+    argv += [*FAST_OPTS, "MODEL.WEIGHTS", tiny_weights]
+    assert predict_tool.main(["--output", str(tmp_path / "whole"), *argv]) == 0
+    whole = scene_outputs(tmp_path / "whole")
+    assert whole["coco"]["annotations"] and whole["collection"]["features"]
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+    predict = predict_tool.SCOREPredictor.__call__
+
+    def dies_at_tile_7(self, image, vocabulary=None):
+        if len(calls) == 7:  # in the second row of tiles
+            raise Killed
+        calls.append(1)
+        return predict(self, image, vocabulary)
+
+    monkeypatch.setattr(predict_tool.SCOREPredictor, "__call__", dies_at_tile_7)
+    with pytest.raises(Killed):
+        predict_tool.main(["--output", str(tmp_path / "resumed"), *argv])
+    monkeypatch.setattr(predict_tool.SCOREPredictor, "__call__", predict)
+    manifest = json.loads((tmp_path / "resumed" / "scenes" / "scene" / "manifest.json").read_text())
+    assert manifest["rows_done"] == 1 and manifest["next_tile"] == 4 and not manifest["complete"]
+
+    assert predict_tool.main(["--output", str(tmp_path / "resumed"), "--resume", *argv]) == 0
+    assert scene_outputs(tmp_path / "resumed") == whole
+    progress = (tmp_path / "resumed" / "scenes" / "scene" / "progress.jsonl").read_text().splitlines()
+    assert [json.loads(line)["tile"] for line in progress] == list(range(16))

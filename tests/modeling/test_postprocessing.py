@@ -2,9 +2,9 @@
 
 import torch
 import torch.nn.functional as F
-from detectron2.structures import Instances
+from detectron2.structures import BitMasks, Instances
 
-from score.modeling.postprocessing import instance_inference
+from score.modeling.postprocessing import instance_inference, mask_boxes, resize_mask_logits
 
 
 def _direct(class_logits, mask_logits, padded, image, out, k):
@@ -70,3 +70,27 @@ def test_fewer_pairs_than_detections_and_empty_masks():
     assert not result.pred_masks.any()
     assert torch.all(result.scores == 0)
     assert torch.all(result.pred_boxes.tensor == 0)
+
+
+def test_mask_boxes_equal_detectron2_boxes():
+    """The vectorised boxes equal BitMasks.get_bounding_boxes, empty and one-pixel masks included."""
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 37, 53, generator=generator) > 0.97
+    masks[0] = False
+    masks[1] = False
+    masks[1, 36, 52] = True
+    masks[2] = False
+    masks[2, 5:9, 0:3] = True
+    expected = BitMasks(masks).get_bounding_boxes().tensor
+    assert torch.equal(mask_boxes(masks), expected)
+    assert mask_boxes(masks).dtype == torch.float32
+
+
+def test_resize_to_the_same_size_equals_interpolation():
+    """Skipping the identity resize gives what the bilinear pass gives; other sizes still resize."""
+    logits = torch.randn(3, 16, 24)
+    same = resize_mask_logits(logits, (64, 96), (60, 90), (60, 90))
+    up = F.interpolate(logits[None], size=(64, 96), mode="bilinear", align_corners=False)[..., :60, :90]
+    assert torch.equal(same, F.interpolate(up, size=(60, 90), mode="bilinear", align_corners=False)[0])
+    other = resize_mask_logits(logits, (64, 96), (60, 90), (30, 45))
+    assert torch.equal(other, F.interpolate(up, size=(30, 45), mode="bilinear", align_corners=False)[0])

@@ -9,7 +9,11 @@ from open_clip.transformer import QuickGELU
 
 from score.config import get_score_cfg
 from score.modeling.context import CONTEXT_ENCODER_REGISTRY, ContextFeatures, build_context_encoder
-from score.modeling.context.remoteclip import RemoteCLIPContextEncoder, value_only_block
+from score.modeling.context.remoteclip import (
+    RemoteCLIPContextEncoder,
+    resolve_context_dtype,
+    value_only_block,
+)
 from score.modeling.tiny_clip import TINY_CONVNEXT, TINY_VIT
 
 B = 2
@@ -164,6 +168,21 @@ def test_from_config_and_registry(weights_file):
     assert list(encoder(_images()).patch_layers) == [1]
     cfg.MODEL.SCORE.RAI.CONTEXT_SOURCE = "regional"
     assert build_context_encoder(cfg).patch_layers == []
+
+
+def test_auto_context_dtype_follows_the_device(weights_file):
+    """RSCLIP_DTYPE "auto": float16 on CUDA, float32 on CPU; explicit values are kept."""
+    assert resolve_context_dtype("auto", "cuda") == "float16"
+    assert resolve_context_dtype("auto", "cuda:1") == "float16"
+    assert resolve_context_dtype("auto", "cpu") == "float32"
+    assert resolve_context_dtype("float16", "cpu") == "float16"
+    cfg = get_score_cfg()
+    cfg.MODEL.SCORE.RSCLIP_MODEL_NAME = TINY_VIT
+    cfg.MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS = weights_file
+    cfg.MODEL.SCORE.RSCLIP_DTYPE = "auto"
+    cfg.MODEL.DEVICE = "cpu"
+    encoder = build_context_encoder(cfg)
+    assert encoder.dtype == torch.float32 and encoder.clip_model.visual.proj.dtype == torch.float32
 
 
 def test_invalid_arguments(weights_file):

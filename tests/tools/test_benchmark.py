@@ -87,3 +87,32 @@ def test_evaluation_rows_and_render(benchmark, model_rows):
     }
     text = benchmark.render(report)
     assert "| tiny (random init) | inference " in text and "SCORE ms" in text and "COCO eval" in text
+
+
+def test_profile_has_every_stage_and_renders(benchmark):
+    """--profile: each labelled stage of inference and of a training step appears with its calls."""
+    rows = benchmark.profile_variant("tiny", device="cpu", size=(64, 96), tasks=["inference", "train step"])
+    by_task = {}
+    for row in rows:
+        by_task.setdefault(row["task"], {})[row["stage"]] = row
+    stages = dict(benchmark.PROFILE_STAGES)
+    inference, train = by_task["inference"], by_task["train step"]
+    for label in (
+        "score.backbone",
+        "score.context_tower",
+        "score.pixel_decoder",
+        "score.transformer_decoder",
+    ):
+        assert stages[label] in inference and stages[label] in train
+    assert inference[stages["score.postprocessing"]]["calls"] == 1
+    assert stages["score.losses"] not in inference and stages["score.backward"] in train
+    # RAI runs once per prediction: DEC_LAYERS (10) times per forward.
+    assert inference[stages["score.rai"]]["calls"] == 10
+    assert inference[stages["score.decoder_layers"]]["calls"] == 3 * 9
+    total = inference["total (profiled)"]["ms"]
+    top = [r["ms"] for s, r in inference.items() if s in stages.values() and not s.startswith("of which")]
+    assert 0 < sum(top) <= total
+    text = benchmark.render_profile(
+        {"machine": {"device": "cpu"}, "command": "test", "profile": rows, "profile_size": (64, 96)}
+    )
+    assert "tiny inference ms" in text and "tiny train step ms" in text

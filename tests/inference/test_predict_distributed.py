@@ -1,0 +1,77 @@
+"""tools/predict.py under torchrun with 2 CPU processes (gloo) writes what one process writes."""
+
+import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, TINY_CONFIG, tiny_cfg
+from tests.inference.test_predict_tool import FAST_OPTS, load_tool
+
+OUTPUTS = [
+    "predictions.json",
+    "geojson/scene.geojson",
+    "geojson/scene.geojsonl",
+    "visualizations/scene.jpg",
+    "visualizations/a.jpg",
+    "scenes/scene/detections.jsonl",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from detectron2.modeling import build_model
+
+    folder = tmp_path_factory.mktemp("distributed")
+    inputs = folder / "inputs"
+    inputs.mkdir()
+    load_tool("make_geotiff_scene").make_scene(str(inputs / "scene.tif"), 400, seed=3)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(
+        inputs / "a.png"
+    )
+    weights = folder / "tiny.pth"  # the same model in every process
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(inputs), "--vocab", "building,ship"]
+    argv += [
+        "--confidence-threshold",
+        "0",
+        "--tiling",
+        "always",
+        "--tile-size",
+        "128",
+        "--tile-overlap",
+        "32",
+    ]
+    argv += ["--vis-max-size", "200", *FAST_OPTS, "MODEL.WEIGHTS", str(weights)]  # 4 x 4 tiles + 1 tile
+    single = folder / "single"
+    assert load_tool("predict").main(["--output", str(single), *argv]) == 0
+    return folder, argv, single
+
+
+@pytest.mark.slow  # two processes each load the model (about 40 s on 2 shared cores)
+@pytest.mark.parametrize("shard", ["rows", "scenes"])
+def test_two_gloo_processes_equal_one(setup, shard):
+    folder, argv, single = setup
+    out = folder / shard
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
+    command += [
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tools" / "predict.py"),
+        "--output",
+        str(out),
+        "--shard",
+        shard,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(command + argv, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Rank 0 of 2; sharding the {shard}" in run.stdout + run.stderr
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (single / name).read_bytes(), name
+    assert not list((out / "scenes" / "scene").glob("tiles.*"))  # the rank parts are joined and removed
