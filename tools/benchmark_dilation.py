@@ -7,7 +7,8 @@ Variants of sum_k w_k * maxfilter_k(M) over the six kernel candidates:
 
 * ``reference``: the sparse-table max filters (``_mix_dilations``) under plain
   autograd, i.e. main's path before the change;
-* ``recompute``: ``_MixedDilation`` (keeps M and w, rebuilds the graph in backward), the path in use;
+* ``recompute``: ``_MixedDilation`` (keeps M and w; backward recomputes each dilation with its argmax
+  indices and scatters the gradient back), the path in use;
 * ``max_pool2d``: six ``F.max_pool2d`` calls (autograd keeps int64 indices and each output).
 
 Each subprocess runs ``--calls`` forwards (RAI runs once per decoder layer

@@ -84,15 +84,31 @@ def _mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int])
     return sum(w * m for w, m in zip(weights, _dilate_all(mask_logits, kernels)))
 
 
+def _max_filter_1d_argmax(x: Tensor, kernel: int, dim: int) -> Tuple[Tensor, Tensor]:
+    """``_max_filter_1d`` through ``max_pool1d``: the values and, per output, the index along ``dim``
+    of the input element that holds the maximum (padding excluded)."""
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    values, index = F.max_pool1d(
+        moved.reshape(-1, 1, shape[-1]), kernel, stride=1, padding=kernel // 2, return_indices=True
+    )
+    return values.view(shape).movedim(-1, dim), index.view(shape).movedim(-1, dim)
+
+
 class _MixedDilation(torch.autograd.Function):
-    """``_mix_dilations`` whose graph keeps only its two inputs, recomputed in backward.
+    """``_mix_dilations`` with a backward that keeps only its two inputs and routes through indices.
 
     Under autograd the reference keeps every padded copy and every element-wise
     maximum of the six max filters (about 40 full-size tensors per call, and
-    RAI runs once per decoder layer); this keeps M and the weights and rebuilds
-    the graph of one call at a time in backward (activation checkpointing).
-    The backward runs the reference's own graph, so values and gradients are
-    bit-identical to it, ties included. It costs one more forward of the filters.
+    RAI runs once per decoder layer), and its backward through those chains of
+    maxima costs several times the forward. This keeps M and the weights; the
+    backward recomputes each dilation as two 1-D ``max_pool1d`` passes with
+    their argmax indices and scatters the gradient back along them:
+    dL/dw_k = sum(G * dilate_k(M)), dL/dM = sum_k adjoint_k(w_k G). The
+    forward values are the reference's, bit for bit; the gradients equal it up
+    to float summation order, except at exact ties between distinct pixels,
+    where the whole gradient goes to one of them (``max_pool``'s rule) instead
+    of being split.
     """
 
     @staticmethod
@@ -104,13 +120,18 @@ class _MixedDilation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         mask_logits, weights = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:2]
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(n) for t, n in zip((mask_logits, weights), needs)]
-            out = _mix_dilations(inputs[0], inputs[1], ctx.kernels)
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
-        return tuple(next(grads) if n else None for n in needs) + (None,)
+        need_mask, need_weights = ctx.needs_input_grad[:2]
+        grad_mask = torch.zeros_like(mask_logits) if need_mask else None
+        grad_weights = torch.zeros_like(weights) if need_weights else None
+        for i, (w, kernel) in enumerate(zip(weights, ctx.kernels)):
+            rows, row_index = _max_filter_1d_argmax(mask_logits, kernel, -2)
+            dilated, col_index = _max_filter_1d_argmax(rows, kernel, -1)
+            if need_weights:
+                grad_weights[i] = (grad * dilated).sum()
+            if need_mask:
+                grad_rows = torch.zeros_like(rows).scatter_add_(-1, col_index, grad * w)
+                grad_mask.scatter_add_(-2, row_index, grad_rows)
+        return grad_mask, grad_weights, None
 
 
 def mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int]) -> Tensor:
