@@ -12,6 +12,16 @@ TINY_CONFIG = REPO / "configs" / "tiny" / "score_tiny_isaid.yaml"
 NWPU_SAMPLE = REPO.parent / "shared" / "data" / "nwpu_vhr10_sample"
 
 
+def load_script(path: str):
+    """A script of the repository (``"tools/predict.py"``, ``"train_net.py"``) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_cfg(*opts: str):
     """The tiny SCORE config (random CLIP weights, CPU) with KEY VALUE overrides."""
     from score.config import get_score_cfg

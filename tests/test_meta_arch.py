@@ -205,18 +205,15 @@ def test_rai_kernel_is_fixed_after_the_last_warmup_update(make_inputs, monkeypat
 
 
 def test_head_is_built_from_the_registry_by_name(tmp_path):
-    import importlib.util
 
     from detectron2.engine import default_argument_parser
     from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
     from score.modeling.head import SCOREHead
-    from tests.conftest import REPO, TINY_CONFIG
+    from tests.conftest import TINY_CONFIG, load_script
 
     assert SEM_SEG_HEADS_REGISTRY.get("SCOREHead") is SCOREHead
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_script("train_net.py")
     args = default_argument_parser().parse_args(
         ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path)]
         + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]

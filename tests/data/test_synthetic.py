@@ -4,7 +4,6 @@ import score  # noqa: F401, I001  (first: its shims let detectron2.data import o
 
 # isort: split
 import collections
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from synthetic_world.scenes import (
     write_split,
     write_synthetic_datasets,
 )
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SPLIT = {s.name: s for s in SPLITS}
@@ -233,11 +233,7 @@ def test_fast_class_list_is_covered_by_recipes():
 
 
 def test_command_line_tool(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_datasets", REPO / "tools/make_synthetic_datasets.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_synthetic_datasets.py")
     tool.main(
         ["--root", str(tmp_path), "--splits", "nwpu_val_instance", "--num-val", "2", "--max-size", "300"]
     )

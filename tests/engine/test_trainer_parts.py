@@ -1,6 +1,5 @@
 """Parts of the trainer that need no SCORE model: optimizer, clipping, CPU fallback, CLI, hooks, test loop."""
 
-import importlib.util
 import json
 import os
 import shlex
@@ -29,6 +28,7 @@ from score.engine import (
     train_vocabulary,
     with_full_model_gradient_clipping,
 )
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AUTHORS_EVAL_COMMAND = (
@@ -188,9 +188,7 @@ def test_authors_command_line_parses_with_detectron2_parser():
 
 
 def test_train_net_setup_reads_the_authors_command_line(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_script("train_net.py")
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     command = AUTHORS_EVAL_COMMAND.replace("OUTPUT_DIR out/eval_final/nwpu", f"OUTPUT_DIR {tmp_path / 'o'}")

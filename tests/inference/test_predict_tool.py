@@ -1,7 +1,6 @@
 """tools/predict.py end to end on the tiny model (random weights): pictures, a GeoTIFF, errors."""
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
-import importlib.util
 import json
 import logging
 
@@ -12,17 +11,14 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import TINY_CONFIG, load_script
 
 # Small test size and tiles: every forward of the tiny model stays short.
 FAST_OPTS = ["--opts", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"]
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 @pytest.fixture(scope="module")

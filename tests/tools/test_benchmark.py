@@ -1,19 +1,17 @@
 """tools/benchmark.py on the tiny model: one repeat at a tiny size (a smoke test, no timing assertions)."""
 
-import importlib.util
 import os
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/benchmark.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """tools/collect_results.py and tools/ensemble_exponents.py (what eval_isaid.sh / eval_sior.sh call)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,14 +7,13 @@ import sys
 
 import pytest
 
+from tests.conftest import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 def _write_result(eval_dir, target, dataset, ap, seen=None, unseen=None):

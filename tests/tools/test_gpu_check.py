@@ -1,20 +1,18 @@
 """tools/gpu_check.py: the bf16 comparison's verdicts and the AMP verdict, on hand-made outputs."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
+
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(REPO, "tools", "gpu_check.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/gpu_check.py")
 
 
 def _outputs(logits):

@@ -1,10 +1,11 @@
 """The shipped tiny-world CLIPs (weights/tiny_world/) and tools/pretrain_tiny_clip.py."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = "weights/tiny_world/score-tiny-convnext.pt"
@@ -13,12 +14,7 @@ TINY_WORLD = REPO / "configs" / "tiny_world"
 
 
 def _pretrain_module():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny_clip", REPO / "tools" / "pretrain_tiny_clip.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/pretrain_tiny_clip.py")
 
 
 def _tiny_world_cfg(name="score_isaid.yaml"):
