@@ -104,16 +104,17 @@ def render(report: dict) -> str:
         "|-------|-------:|----------:|--------:|------:|",
     ]
     for r in report["rows"]:
-        lines.append(
-            f"| {r['phase']} | {r['step_s']:.1f} | {r['forward_s']:.1f} | {r['peak_mb']:.0f} | {r['load1']:.2f} |"
-        )
+        cells = (r["phase"], f"{r['step_s']:.1f}", f"{r['forward_s']:.1f}", f"{r['peak_mb']:.0f}")
+        lines.append("| " + " | ".join(cells) + f" | {r['load1']:.2f} |")
     lines += ["", f"Gumbel / post-warm-up peak: {report['ratio']:.3f}", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--which", choices=["tiny", "full"], default="full")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=_parse_size, default=(512, 683))
