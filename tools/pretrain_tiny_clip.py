@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from score.data.datasets import SPLITS, canonical_class_name
 from score.modeling.context.remoteclip import value_only_block
 from score.modeling.open_vocab import mask_pool
+from score.modeling.text_classifier import RS_TEMPLATES
 from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT, register_tiny_clip_configs
 from synthetic_world import (
     SCENE_TYPES,
@@ -67,7 +68,10 @@ from synthetic_world.scenes import _background
 
 logger = logging.getLogger("pretrain_tiny_clip")
 
-TEMPLATES = (
+# The detector's own prompts (RS_TEMPLATES, what its text classifier is built from) and a few
+# more: a tiny text tower does not generalise to templates it never saw (with captions from
+# the last five only, "storage tank" and "plane" under RS_TEMPLATES had cosine 0.98).
+TEMPLATES = RS_TEMPLATES + (
     "a satellite photo of a {}.",
     "an aerial image of a {}.",
     "a {} seen from above.",
@@ -381,7 +385,13 @@ def main(argv=None) -> float:
         keys = list(concepts)
         logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    # As open_clip's training does: no weight decay on gains, biases and the logit scale (decay
+    # would pull the learnable temperature back towards 1 and keep the text rows close together).
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
