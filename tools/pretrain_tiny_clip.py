@@ -68,9 +68,8 @@ from synthetic_world.scenes import _background
 
 logger = logging.getLogger("pretrain_tiny_clip")
 
-# The detector's own prompts (RS_TEMPLATES, what its text classifier is built from) and a few
-# more: a tiny text tower does not generalise to templates it never saw (with captions from
-# the last five only, "storage tank" and "plane" under RS_TEMPLATES had cosine 0.98).
+# The detector's own prompts (RS_TEMPLATES, what its text classifier is built from) and five
+# more, so that the tiny text tower is trained on the prompts it is used with.
 TEMPLATES = RS_TEMPLATES + (
     "a satellite photo of a {}.",
     "an aerial image of a {}.",
@@ -385,8 +384,7 @@ def main(argv=None) -> float:
         keys = list(concepts)
         logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
     loss_fn = open_clip.ClipLoss()
-    # As open_clip's training does: no weight decay on gains, biases and the logit scale (decay
-    # would pull the learnable temperature back towards 1 and keep the text rows close together).
+    # As open_clip's training does: no weight decay on gains, biases and the logit scale.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
     optimizer = torch.optim.AdamW(
