@@ -347,7 +347,7 @@ PROFILE_STAGES = (
     ("score.pixel_decoder", "pixel decoder (deformable attention)"),
     ("score.transformer_decoder", "transformer decoder"),
     ("score.decoder_layers", "of which: decoder layers (attention + FFN)"),
-    ("score.rai", "of which: RAI (one call per prediction)"),
+    ("score.rai", "of which: RAI (every prediction in training, the last at inference)"),
     ("score.oov_pooling", "out-of-vocabulary pooling"),
     ("score.postprocessing", "post-processing (instance inference)"),
     ("score.losses", "losses (matcher + criterion)"),

@@ -21,8 +21,10 @@ classifier replaced by seeded random rows, and then:
 
 Images are read RGB and resized as the test mapper does (short side 512,
 long side <= 800); outputs are at the original size. Agreement against the
-first variant, per image: predicted classes equal (in score order), and the
-IoU of each detection's mask with the same-rank detection of the reference.
+first variant (or against each variant named by ``--agreement-with``, for the
+variants listed after it), per image: predicted classes equal (in score
+order), and the IoU of each detection's mask with the same-rank detection of
+the reference.
 """
 
 from __future__ import annotations
@@ -135,6 +137,12 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", default=["085.jpg", "136.jpg"])
     parser.add_argument("--image-dir", default=DEFAULT_IMAGES)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--agreement-with",
+        nargs="+",
+        default=None,
+        help="variants whose outputs the others are compared with (default: the first variant)",
+    )
     parser.add_argument("--output", required=True, help="OUTPUT.json, OUTPUT.md")
     args = parser.parse_args()
     variants = [_parse_variant(v) for v in args.variant]
@@ -187,14 +195,14 @@ def main() -> None:
             }
         )
     agreement = []
-    ref_out = np.load(f"{runs[0]['out']}.npz")
-    for name, _, _ in variants[1:]:
-        run = next(r for r in runs if r["variant"] == name)
-        new_out = np.load(f"{run['out']}.npz")
-        for image in args.images:
-            agreement.append(
-                {"variant": name, "image": image, **_agreement(ref_out, new_out, Path(image).stem)}
-            )
+    names = [name for name, _, _ in variants]
+    # Round 0 of each variant: the outputs do not depend on the round.
+    outputs = {name: np.load(f"{next(r for r in runs if r['variant'] == name)['out']}.npz") for name in names}
+    for ref_name in args.agreement_with or [reference]:
+        for name in names[names.index(ref_name) + 1 :]:
+            for image in args.images:
+                row = _agreement(outputs[ref_name], outputs[name], Path(image).stem)
+                agreement.append({"variant": name, "against": ref_name, "image": image, **row})
     report = {"variants": args.variant, "runs": runs, "speed": speed, "agreement": agreement}
     Path(f"{args.output}.json").write_text(json.dumps(report, indent=1))
     text = "\n".join(
@@ -205,7 +213,8 @@ def main() -> None:
             "",
             tabulate(speed, headers="keys", tablefmt="github"),
             "",
-            f"Agreement with {reference} on the NWPU sample images (detections in score order):",
+            "Agreement on the NWPU sample images (detections in score order), of each variant"
+            " listed after the one in `against`:",
             "",
             tabulate(agreement, headers="keys", tablefmt="github"),
         ]

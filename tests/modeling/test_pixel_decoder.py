@@ -94,6 +94,50 @@ def test_ms_deform_attn_core_matches_naive_per_point_computation():
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
+def _one_pass_core(value, spatial_shapes, sampling_locations, attention_weights):
+    """The core as it was before the query chunks: every query sampled in one pass."""
+    batch, _, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    value_list = value.split([h * w for h, w in shapes], dim=1)
+    sampling_grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, h, w)
+        grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(
+            torch.nn.functional.grid_sample(
+                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )
+    weights = attention_weights.transpose(1, 2).reshape(
+        batch * num_heads, 1, num_queries, num_levels * num_points
+    )
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 512])
+def test_ms_deform_attn_core_in_query_chunks_equals_one_pass(chunk, monkeypatch):
+    """Bit-equal outputs without autograd, whatever the chunk; with autograd, one pass, equal gradients."""
+    import score.modeling.pixel_decoder.ms_deform_attn as msda
+
+    monkeypatch.setattr(msda, "_QUERIES_PER_CHUNK", chunk)
+    problem = _random_problem(heads=4, head_dim=8, shapes=((6, 9), (3, 5), (2, 2)), queries=45, points=4)
+    value, spatial_shapes, locations, weights = (t.float() if t.is_floating_point() else t for t in problem)
+    with torch.no_grad():
+        expected = _one_pass_core(value, spatial_shapes, locations, weights)
+        assert torch.equal(ms_deform_attn_core_pytorch(value, spatial_shapes, locations, weights), expected)
+    inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    ref_inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    out = ms_deform_attn_core_pytorch(inputs[0], spatial_shapes, *inputs[1:])
+    ref = _one_pass_core(ref_inputs[0], spatial_shapes, *ref_inputs[1:])
+    assert torch.equal(out, ref)
+    grad = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, ref_inputs, grad)):
+        assert torch.equal(got, want)
+
+
 _NO_FUSED_REASON = (
     "the fused op needs a CUDA device"
     if HAS_FUSED_MS_DEFORM_ATTN

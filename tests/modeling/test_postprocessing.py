@@ -1,10 +1,11 @@
 """Instance inference of SCORE.md 7.4 against a direct computation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
-from score.modeling.postprocessing import instance_inference, mask_boxes, resize_mask_logits
+from score.modeling.postprocessing import _mask_chunks, instance_inference, mask_boxes, resize_mask_logits
 
 
 def _direct(class_logits, mask_logits, padded, image, out, k):
@@ -94,3 +95,52 @@ def test_resize_to_the_same_size_equals_interpolation():
     assert torch.equal(same, F.interpolate(up, size=(60, 90), mode="bilinear", align_corners=False)[0])
     other = resize_mask_logits(logits, (64, 96), (60, 90), (30, 45))
     assert torch.equal(other, F.interpolate(up, size=(30, 45), mode="bilinear", align_corners=False)[0])
+
+
+def _all_masks_at_once(class_logits, mask_logits, padded_size, image_size, output_size, k):
+    """The previous instance inference: every kept query's mask resized and scored in one pass."""
+    num_classes = class_logits.shape[1] - 1
+    top_scores, top_index = class_logits.softmax(-1)[:, :num_classes].flatten().topk(k, sorted=False)
+    queries, inverse = torch.unique(top_index // num_classes, return_inverse=True)
+    logits = resize_mask_logits(mask_logits[queries], padded_size, image_size, output_size)
+    binary = logits > 0
+    mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    return top_scores * mask_scores[inverse], binary[inverse], top_index % num_classes
+
+
+@pytest.mark.parametrize("num_queries", [1, 3, 4, 8, 11, 19, 27])
+@pytest.mark.parametrize("output_size", [(60, 85), (75, 101)])
+def test_masks_scored_in_chunks_equal_all_at_once(num_queries, output_size):
+    """Equal to the bit, chunk remainders of 3 and a total of 3 masks included (_mask_chunks)."""
+    generator = torch.Generator().manual_seed(num_queries)
+    class_logits = torch.randn(num_queries, 3, generator=generator)
+    mask_logits = 3 * torch.randn(num_queries, 16, 24, generator=generator)
+    k = 2 * num_queries  # every query kept, most of them twice
+    result = instance_inference(
+        class_logits,
+        mask_logits,
+        padded_size=(64, 96),
+        image_size=(60, 85),
+        output_size=output_size,
+        max_detections=k,
+    )
+    scores, masks, classes = _all_masks_at_once(class_logits, mask_logits, (64, 96), (60, 85), output_size, k)
+    assert torch.equal(result.scores, scores)
+    assert torch.equal(result.pred_masks, masks)
+    assert torch.equal(result.pred_classes, classes)
+    # The resized logits themselves (the scores can absorb a last-bit difference).
+    chunked = [
+        resize_mask_logits(mask_logits[chunk], (64, 96), (60, 85), output_size)
+        for chunk in _mask_chunks(num_queries)
+    ]
+    assert torch.equal(torch.cat(chunked), resize_mask_logits(mask_logits, (64, 96), (60, 85), output_size))
+
+
+def test_mask_chunks_cover_every_mask_once_and_avoid_three():
+    for num_masks in range(0, 40):
+        chunks = _mask_chunks(num_masks)
+        covered = [i for chunk in chunks for i in range(num_masks)[chunk]]
+        assert covered == list(range(num_masks))
+        sizes = [chunk.stop - chunk.start for chunk in chunks]
+        assert all(0 < size <= 8 for size in sizes)
+        assert 3 not in sizes or num_masks == 3

@@ -1,6 +1,7 @@
 """Speed paths against their references: RAI's single-token attention, the per-device
-vocabulary classifier of the meta-architecture, and the frozen-tower autocast key
-(bfloat16 on the CPU too, so the key is exercised where the tests run)."""
+vocabulary classifier of the meta-architecture, the frozen-tower autocast key
+(bfloat16 on the CPU too, so the key is exercised where the tests run), and the
+class branch of the intermediate predictions, skipped at inference."""
 
 import pytest
 import torch
@@ -186,3 +187,78 @@ def test_decoder_attention_layers_match_explicit_attention_weights(training):
     (ref_grad,) = torch.autograd.grad(ref_cross.sum() + ref_self.sum(), tgt)
     (got_grad,) = torch.autograd.grad(got_cross.sum() + got_self.sum(), tgt)
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def _head_outputs_and_rai_calls(model, inputs):
+    """The head's outputs of one forward of ``model`` on ``inputs``, and how often RAI ran."""
+    recorded, calls = {}, []
+    handles = [
+        model.sem_seg_head.register_forward_hook(lambda module, args, out: recorded.update(out)),
+        model.sem_seg_head.predictor.rai.register_forward_hook(lambda module, args, out: calls.append(1)),
+    ]
+    try:
+        with torch.no_grad():
+            results = model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded, len(calls), results
+
+
+def test_inference_skips_the_intermediate_class_branch_with_equal_outputs(make_inputs, monkeypatch):
+    import copy
+
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    torch.manual_seed(0)
+    # No warm-up: RAI fixes its kernel at its first call in eval mode too, so the
+    # state that this leaves must not depend on how many calls are skipped.
+    model = build_model(tiny_cfg("MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS", "0")).eval()
+    reference = copy.deepcopy(model)
+    predictor = reference.sem_seg_head.predictor
+    every_head = predictor.forward_prediction_heads
+    # The reference computes the class branch of every prediction, as training does.
+    monkeypatch.setattr(
+        predictor, "forward_prediction_heads", lambda *a, **kw: every_head(*a, **{**kw, "classify": True})
+    )
+    inputs = make_inputs([(96, 128)])
+    for x in inputs:
+        del x["instances"]
+
+    out, rai_calls, results = _head_outputs_and_rai_calls(model, inputs)
+    ref_out, ref_rai_calls, ref_results = _head_outputs_and_rai_calls(reference, inputs)
+
+    predictions = model.sem_seg_head.predictor.num_layers + 1
+    assert (rai_calls, ref_rai_calls) == (1, predictions)
+    assert torch.equal(out["pred_logits"], ref_out["pred_logits"])
+    assert torch.equal(out["pred_masks"], ref_out["pred_masks"])
+    assert len(out["aux_outputs"]) == predictions - 1
+    for aux, ref_aux in zip(out["aux_outputs"], ref_out["aux_outputs"]):
+        assert set(aux) == {"pred_masks"}
+        assert torch.equal(aux["pred_masks"], ref_aux["pred_masks"])
+    got, expected = results[0]["instances"], ref_results[0]["instances"]
+    assert torch.equal(got.scores, expected.scores)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+    assert torch.equal(got.pred_masks, expected.pred_masks)
+    rai, ref_rai = model.sem_seg_head.predictor.rai, predictor.rai
+    assert rai._host_fixed_kernel != 0 and rai._host_fixed_kernel == ref_rai._host_fixed_kernel
+    for name, buffer in rai.named_buffers():
+        assert torch.equal(buffer, dict(ref_rai.named_buffers())[name]), name
+
+
+def test_training_keeps_the_class_logits_of_every_prediction(make_inputs):
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    out, rai_calls, _ = _head_outputs_and_rai_calls(model, make_inputs([(96, 128)]))
+    predictions = model.sem_seg_head.predictor.num_layers + 1
+    assert rai_calls == predictions
+    assert len(out["aux_outputs"]) == predictions - 1
+    for aux in out["aux_outputs"]:
+        assert set(aux) == {"pred_logits", "pred_masks"}
+        assert aux["pred_logits"].shape == out["pred_logits"].shape

@@ -136,7 +136,7 @@ def test_output_shapes_on_odd_sizes(per_image_classifier):
 
 def test_first_aux_output_is_the_prediction_on_the_initial_queries():
     torch.manual_seed(0)
-    decoder = tiny_decoder(dec_layers=2).eval()
+    decoder = tiny_decoder(dec_layers=2)  # dropout 0: training mode is deterministic
     x, mask_features, classifier = tiny_inputs(batch=1)
     with torch.no_grad():
         out = decoder(x, mask_features, classifier, NUM_SYNONYMS)
@@ -144,9 +144,24 @@ def test_first_aux_output_is_the_prediction_on_the_initial_queries():
         logits, masks, _ = decoder.forward_prediction_heads(
             queries, mask_features, (3, 4), classifier, NUM_SYNONYMS
         )
+        eval_out = decoder.eval()(x, mask_features, classifier, NUM_SYNONYMS)
     torch.testing.assert_close(out["aux_outputs"][0]["pred_masks"], masks)
     torch.testing.assert_close(out["aux_outputs"][0]["pred_logits"], logits)
     assert not torch.allclose(out["pred_masks"], masks)
+    # At inference the intermediate predictions keep their masks only.
+    assert [set(aux) for aux in eval_out["aux_outputs"]] == [{"pred_masks"}] * 2
+    torch.testing.assert_close(eval_out["aux_outputs"][0]["pred_masks"], masks)
+    torch.testing.assert_close(eval_out["pred_logits"], out["pred_logits"])
+
+
+def test_single_layer_decoder_classifies_its_only_prediction_at_inference():
+    torch.manual_seed(0)
+    decoder = tiny_decoder(dec_layers=0).eval()
+    x, mask_features, classifier = tiny_inputs(batch=1)
+    with torch.no_grad():
+        out = decoder(x, mask_features, classifier, NUM_SYNONYMS)
+    assert out["pred_logits"].shape == (1, QUERIES, len(NUM_SYNONYMS) + 1)
+    assert out["aux_outputs"] == []
 
 
 def test_prediction_head_follows_fc_clip_class_embedding():
@@ -228,6 +243,12 @@ def test_rai_receives_embeddings_masks_and_context_and_feeds_the_logits():
         assert torch.all(prediction["pred_logits"].argmax(-1) == 1)
     out["pred_logits"].sum().backward()
     assert rai.scale.grad is not None
+    # At inference only the final prediction is classified, so RAI runs once.
+    rai.calls.clear()
+    with torch.no_grad():
+        out = decoder.eval()(x, mask_features, classifier, NUM_SYNONYMS, context=context)
+    assert rai.calls == [((2, QUERIES, D), (2, QUERIES, 24, 32), context)]
+    assert torch.all(out["pred_logits"].argmax(-1) == 1)
 
 
 def test_every_parameter_gets_a_finite_gradient():

@@ -43,6 +43,8 @@ else:
     logger.info("Fused MultiScaleDeformableAttention op found; used for float CUDA inputs.")
 
 _IMPLS = ("auto", "pytorch")
+# Queries sampled together by the PyTorch core at inference (a speed setting, not a result one).
+_QUERIES_PER_CHUNK = 512
 
 
 def ms_deform_attn_core_pytorch(
@@ -62,22 +64,42 @@ def ms_deform_attn_core_pytorch(
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     value_list = value.split([h * w for h, w in shapes], dim=1)
+    # (B, h*w, M, Dh) -> (B*M, Dh, h, w) per level
+    values = [
+        v.flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, h, w)
+        for v, (h, w) in zip(value_list, shapes)
+    ]
     sampling_grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    for level, (h, w) in enumerate(shapes):
-        # (B, h*w, M, Dh) -> (B*M, Dh, h, w)
-        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, h, w)
-        # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
-        grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # (B*M, Dh, Lq, P)
-        sampled.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
+    # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2) per level
+    grids = [sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1) for level in range(num_levels)]
     # (B, Lq, M, L, P) -> (B*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(
         batch * num_heads, 1, num_queries, num_levels * num_points
     )
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    # Without autograd, a few queries at a time: the (B*M, Dh, Lq, L*P) samples and their
+    # weighted copy then stay in the cache. Each query's samples and sum are computed on
+    # their own, so the values are those of one pass (which autograd keeps, so that the
+    # gradients are accumulated as before).
+    differentiable = torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+    step = num_queries if differentiable else _QUERIES_PER_CHUNK
+    outputs = []
+    for start in range(0, num_queries, step):
+        # (B*M, Dh, n, P) per level
+        sampled = [
+            F.grid_sample(
+                value_l,
+                grid_l[:, start : start + step],
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=False,
+            )
+            for value_l, grid_l in zip(values, grids)
+        ]
+        chunk_weights = weights[:, :, start : start + step]
+        outputs.append((torch.stack(sampled, dim=-2).flatten(-2) * chunk_weights).sum(-1))
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
     return output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
 
 

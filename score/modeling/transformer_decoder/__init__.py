@@ -11,8 +11,10 @@ with ``x`` the 3 multi-scale features (B, C, h_l, w_l) (strides 32, 16, 8),
 per image (B, N + 1, D) (synonym rows then the void row), ``num_synonyms`` the
 rows per class (K entries, summing to N) and ``context`` an opaque object for
 the region-aware integration module. It returns ``pred_logits`` (B, Q, K + 1),
-``pred_masks`` (B, Q, H/4, W/4) and ``aux_outputs``, a list of dicts with the
-same two keys for the intermediate predictions (deep supervision).
+``pred_masks`` (B, Q, H/4, W/4) and ``aux_outputs``, a list of dicts for the
+intermediate predictions: with the same two keys in training (deep
+supervision), with ``pred_masks`` only at inference, where nothing reads their
+class logits.
 """
 
 from detectron2.utils.registry import Registry

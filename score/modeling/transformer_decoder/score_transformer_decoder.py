@@ -305,8 +305,12 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
 
         Returns:
             ``pred_logits`` (B, Q, K + 1), ``pred_masks`` (B, Q, H/4, W/4) of the last layer, and
-            ``aux_outputs``: the dec_layers earlier predictions (initial queries first), each a
-            dict with the same two keys.
+            ``aux_outputs``: the dec_layers earlier predictions (initial queries first). In
+            training each is a dict with the same two keys (deep supervision); at inference
+            (``self.training`` False) it holds ``pred_masks`` only: the intermediate class
+            logits feed nothing but the losses (RAI's V-hat does not flow back into the
+            queries, SCORE.md 4.3), so their class branch (mask pooling, class MLP, RAI,
+            classification) is skipped. The final prediction is computed the same either way.
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
@@ -323,8 +327,10 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
         head = dict(text_classifier=text_classifier, num_synonyms=num_synonyms, context=context)
+        # Only the losses read the intermediate class logits (see Returns).
+        classify_aux = self.training
         outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-            output, mask_features, size_list[0], **head
+            output, mask_features, size_list[0], **head, classify=classify_aux or self.num_layers == 0
         )
         predictions_class, predictions_mask = [outputs_class], [outputs_mask]
         for i in range(self.num_layers):
@@ -335,18 +341,23 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
             output = self.transformer_ffn_layers[i](output)
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, size_list[(i + 1) % self.num_feature_levels], **head
+                output,
+                mask_features,
+                size_list[(i + 1) % self.num_feature_levels],
+                **head,
+                classify=classify_aux or i == self.num_layers - 1,
             )
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
 
+        aux_outputs = [{"pred_masks": m} for m in predictions_mask[:-1]]
+        if classify_aux:
+            for aux, logits in zip(aux_outputs, predictions_class[:-1]):
+                aux["pred_logits"] = logits
         return {
             "pred_logits": predictions_class[-1],
             "pred_masks": predictions_mask[-1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m}
-                for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
-            ],
+            "aux_outputs": aux_outputs,
         }
 
     def forward_prediction_heads(
@@ -357,19 +368,22 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
         text_classifier: Tensor,
         num_synonyms: Sequence[int],
         context=None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
+        classify: bool = True,
+    ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
         """Prediction head on (Q, B, C) queries -> (class logits (B, Q, K + 1), mask logits
         (B, Q, H/4, W/4), attention mask (B * M, Q, h*w) for the next layer at
-        ``attn_mask_target_size``)."""
+        ``attn_mask_target_size``). With ``classify`` False the class branch is not run and
+        the class logits are None; the masks and attention mask do not depend on it."""
         decoder_output = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
         mask_embed = self.mask_embed(decoder_output)
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        attn_mask = attention_mask_from_logits(outputs_mask, attn_mask_target_size, self.num_heads)
+        if not classify:
+            return None, outputs_mask, attn_mask
 
         pooled = self._mask_pooling_proj(mask_pool(mask_features, outputs_mask))
         class_embed = self.class_embed(pooled + decoder_output)  # V (B, Q, D)
         if self.rai is not None:
             class_embed = self.rai(class_embed, outputs_mask, context)
         outputs_class = classification_logits(class_embed, text_classifier, self.logit_scale, num_synonyms)
-
-        attn_mask = attention_mask_from_logits(outputs_mask, attn_mask_target_size, self.num_heads)
         return outputs_class, outputs_mask, attn_mask
