@@ -104,12 +104,12 @@ def state_dict_digest(model: torch.nn.Module) -> str:
 
 def instance_record(inst: SceneInstance) -> dict:
     """A JSON-ready record of an instance: the cropped mask as COCO RLE (exact round trip)."""
-    rle = mask_util.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+    rle = inst.crop_rle()  # from the packed crop, in column bands: no dense copy of the mask
     return {
         "category": inst.category,
         "score": inst.score,
         "box": list(inst.box),
-        "mask": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        "mask": {"size": rle["size"], "counts": rle["counts"]},
         "windows": [list(w) for w in inst.windows],
     }
 
@@ -121,7 +121,7 @@ def instance_from_record(record: dict) -> SceneInstance:
         category=int(record["category"]),
         score=float(record["score"]),
         box=tuple(record["box"]),
-        mask=mask_util.decode(rle).astype(bool),
+        mask=mask_util.decode(rle).view(bool),
         windows=[tuple(w) for w in record["windows"]],
     )
 
