@@ -390,9 +390,15 @@ class SceneStream:
                 "iscrowd": 0,
             }
             self._write("detections", [json.dumps(result)])
-            feature = self.features.feature(inst) if self.features is not None else None
-            if feature is not None:
-                self._write("features", [json.dumps(feature)])
+            if self.features is not None:
+                # A Feature line in pieces: the outline of a scene-sized ragged mask is never held whole.
+                pieces = self.features.feature_json(inst)
+                first = next(pieces, None)
+                if first is not None:
+                    self._files["features"].write(first)
+                    for piece in pieces:
+                        self._files["features"].write(piece)
+                    self._files["features"].write("\n")
         self.detections += len(instances)
         if self._canvas is not None and instances:
             from .predictor import draw_instances  # the predictor module imports the model stack
