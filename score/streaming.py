@@ -77,9 +77,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-# Instances drawn by one Visualizer pass: matplotlib keeps an artist per polygon and label until the
-# picture is rendered, so large batches are drawn in chunks.
-_DRAW_CHUNK = 200
 _STREAMS = ("detections", "progress", "features")
 
 
@@ -403,9 +400,7 @@ class SceneStream:
         if self._canvas is not None and instances:
             from .predictor import draw_instances  # the predictor module imports the model stack
 
-            for start in range(0, len(instances), _DRAW_CHUNK):
-                chunk = instances[start : start + _DRAW_CHUNK]
-                self._canvas = draw_instances(self._canvas, chunk, self.class_names, self._scale)
+            self._canvas = draw_instances(self._canvas, instances, self.class_names, self._scale)
 
     def _lengths(self) -> Dict[str, int]:
         """Flush the streamed files to disk and return their lengths (bytes)."""
