@@ -374,9 +374,16 @@ class SceneStream:
         if f is not None:
             f.write("".join(line + "\n" for line in lines))
 
-    def _emit(self, instances: Sequence[SceneInstance]) -> None:
-        """Write final instances, one at a time: COCO results, GeoJSON Features, overlay."""
-        for inst in instances:
+    def _emit(self, instances: List[SceneInstance]) -> None:
+        """Write final instances, one at a time: COCO result, GeoJSON Feature, overlay.
+
+        Each instance leaves ``instances`` (emptied) as it is written, so that
+        its mask is freed before the next one's outline and run lengths are built.
+        """
+        self.detections += len(instances)
+        instances.reverse()
+        while instances:
+            inst = instances.pop()
             result = {
                 "image_id": self.image_id,
                 "category_id": inst.category + 1,
@@ -396,11 +403,10 @@ class SceneStream:
                     for piece in pieces:
                         self._files["features"].write(piece)
                     self._files["features"].write("\n")
-        self.detections += len(instances)
-        if self._canvas is not None and instances:
-            from .predictor import draw_instances  # the predictor module imports the model stack
+            if self._canvas is not None:
+                from .predictor import draw_instances  # the predictor module imports the model stack
 
-            self._canvas = draw_instances(self._canvas, instances, self.class_names, self._scale)
+                self._canvas = draw_instances(self._canvas, [inst], self.class_names, self._scale)
 
     def _lengths(self) -> Dict[str, int]:
         """Flush the streamed files to disk and return their lengths (bytes)."""
@@ -494,20 +500,45 @@ def _join_lines(out, lines: Iterable[str]) -> int:
     return count
 
 
-def write_feature_collection(lines_path: str, header: Dict, path: str) -> int:
-    """Write a FeatureCollection from a newline-delimited GeoJSON file, line by line; the feature count.
+def write_feature_collection(lines_path: str, header: Dict, path: str, chunk: int = 1 << 20) -> int:
+    """Write a FeatureCollection from a newline-delimited GeoJSON file; the feature count.
 
-    ``header`` holds the collection's other members (type, crs...); "features" is written last.
+    ``header`` holds the collection's other members (type, crs...); "features"
+    is written last. The lines are copied in blocks of ``chunk`` bytes, each
+    newline but the last becoming the comma between two Features: one Feature
+    of a ragged scene-sized mask is tens of MB, never read as one string. A
+    last line without its newline (cut by a kill) is left out.
     """
     prefix = json.dumps({**header, "features": []})[:-2]  # everything up to the empty list's "]}"
-    lines = _read_lines(lines_path) if os.path.isfile(lines_path) else iter(())
+    count = 0
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(prefix)
-        count = _join_lines(out, lines)
-        out.write("]}")
+    with open(tmp, "wb") as out:
+        out.write(prefix.encode())
+        if os.path.isfile(lines_path):
+            with open(lines_path, "rb") as f:
+                end = _last_newline(f, chunk)
+                f.seek(0)
+                while f.tell() < end:
+                    block = f.read(min(chunk, end - f.tell()))
+                    count += block.count(b"\n")
+                    out.write(block.replace(b"\n", b","))
+                count += end >= 0
+        out.write(b"]}")
     os.replace(tmp, path)
     return count
+
+
+def _last_newline(f, chunk: int) -> int:
+    """Offset of the last newline of binary file ``f`` (-1 when it has none)."""
+    position = f.seek(0, os.SEEK_END)
+    while position > 0:
+        start = max(0, position - chunk)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
 
 
 def write_coco_results(
