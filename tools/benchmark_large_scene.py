@@ -41,6 +41,21 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
+def count_features(path: Path):
+    """Complete lines of a .geojsonl that are GeoJSON Features (a line that is not raises), and the
+    bytes after the last newline (a line cut by the kill)."""
+    valid, cut = 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                cut = len(line)
+                break
+            if json.loads(line)["type"] != "Feature":
+                raise ValueError(f"{path}: a line that is not a Feature")
+            valid += 1
+    return valid, cut
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of a process now (VmRSS) or its peak so far (VmHWM), MiB; 0 once it has ended."""
     try:
@@ -181,9 +196,8 @@ def main() -> int:
     report = {"first": first}
     if first["killed"]:
         for path in args.output.glob("geojson/*.geojsonl"):
-            lines = path.read_text().splitlines()
-            valid = sum(1 for line in lines if json.loads(line)["type"] == "Feature") if lines else 0
-            print(f"killed: {path} holds {valid} valid Features", flush=True)
+            valid, cut = count_features(path)
+            print(f"killed: {path} holds {valid} valid Features, then {cut} bytes of a cut line", flush=True)
         report["resumed"] = run(args.output, tool_args, args.every, oracle=args.oracle)
     if args.reference is not None:
         names = [str(p.relative_to(args.reference)) for p in args.reference.glob("geojson/*")]
