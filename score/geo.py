@@ -34,11 +34,12 @@ a "crs" member (the pre-RFC 7946 form that GDAL and QGIS read).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -261,27 +262,30 @@ def read_image_uint8(
     return image if image_format == "RGB" else np.ascontiguousarray(image[:, :, ::-1])
 
 
+def _polygons(instance: SceneInstance, transform: Affine) -> Iterator[list]:
+    """GeoJSON Polygon coordinates of the 4-connected parts of an instance's mask, one at a time."""
+    x0, y0, _, _ = instance.box
+    mask = instance.mask
+    for geometry, _ in rasterio.features.shapes(
+        mask.view(np.uint8), mask=mask, connectivity=4, transform=transform @ Affine.translation(x0, y0)
+    ):
+        yield geometry["coordinates"]
+
+
+def _geometry(polygons: List[list]) -> dict:
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
 def instance_geometry(instance: SceneInstance, transform: Affine) -> Optional[dict]:
     """GeoJSON geometry of an instance's mask: pixel-edge outline mapped by ``transform``.
 
     A Polygon for one 4-connected part, a MultiPolygon for several; holes are
     inner rings. None for an empty mask.
     """
-    x0, y0, _, _ = instance.box
-    polygons = [
-        geometry["coordinates"]
-        for geometry, _ in rasterio.features.shapes(
-            instance.mask.astype(np.uint8),
-            mask=instance.mask,
-            connectivity=4,
-            transform=transform @ Affine.translation(x0, y0),
-        )
-    ]
-    if not polygons:
-        return None
-    if len(polygons) == 1:
-        return {"type": "Polygon", "coordinates": polygons[0]}
-    return {"type": "MultiPolygon", "coordinates": polygons}
+    polygons = list(_polygons(instance, transform))
+    return _geometry(polygons) if polygons else None
 
 
 def crs_member(crs: CRS) -> dict:
@@ -332,25 +336,52 @@ class FeatureMaker:
             collection["image"] = self.image
         return collection
 
-    def feature(self, inst: SceneInstance) -> Optional[Dict]:
-        """The Feature of one instance; None for an empty mask."""
-        geometry = instance_geometry(inst, self.transform)
-        if geometry is None:
-            return None
-        if self.to_wgs84:
-            geometry = rasterio.warp.transform_geom(self.crs, "EPSG:4326", geometry)
+    def _polygons(self, inst: SceneInstance) -> Iterator[list]:
+        for polygon in _polygons(inst, self.transform):
+            if self.to_wgs84:
+                # Reprojection is point by point: a part alone gives what the whole geometry would.
+                polygon = rasterio.warp.transform_geom(
+                    self.crs, "EPSG:4326", {"type": "Polygon", "coordinates": polygon}
+                )["coordinates"]
+            yield polygon
+
+    def _properties(self, inst: SceneInstance) -> Dict:
         area = inst.area
         return {
-            "type": "Feature",
-            "geometry": geometry,
-            "properties": {
-                "class": self.class_names[inst.category],
-                "category_id": inst.category + 1,
-                "score": round(float(inst.score), 6),
-                "area_px": area,
-                "area_crs": area * self.pixel_area if self.projected else None,
-            },
+            "class": self.class_names[inst.category],
+            "category_id": inst.category + 1,
+            "score": round(float(inst.score), 6),
+            "area_px": area,
+            "area_crs": area * self.pixel_area if self.projected else None,
         }
+
+    def feature(self, inst: SceneInstance) -> Optional[Dict]:
+        """The Feature of one instance; None for an empty mask."""
+        polygons = list(self._polygons(inst))
+        if not polygons:
+            return None
+        return {"type": "Feature", "geometry": _geometry(polygons), "properties": self._properties(inst)}
+
+    def feature_json(self, inst: SceneInstance) -> Iterator[str]:
+        """``json.dumps(self.feature(inst))`` in pieces, one polygon at a time; nothing for an empty mask.
+
+        The outline of a ragged mask as large as the scene has millions of
+        vertices, hundreds of MB as Python lists: a line file of Features is
+        written from these pieces without ever holding a whole geometry.
+        """
+        polygons = self._polygons(inst)
+        first, second = next(polygons, None), next(polygons, None)
+        if first is None:
+            return
+        if second is None:
+            geometry = _geometry([first])
+            yield json.dumps({"type": "Feature", "geometry": geometry, "properties": self._properties(inst)})
+            return
+        yield '{"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": ['
+        yield json.dumps(first)
+        for polygon in itertools.chain([second], polygons):
+            yield ", " + json.dumps(polygon)
+        yield ']}, "properties": ' + json.dumps(self._properties(inst)) + "}"
 
 
 def instances_to_geojson(

@@ -77,9 +77,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-# Instances drawn by one Visualizer pass: matplotlib keeps an artist per polygon and label until the
-# picture is rendered, so large batches are drawn in chunks.
-_DRAW_CHUNK = 200
 _STREAMS = ("detections", "progress", "features")
 
 
@@ -104,12 +101,12 @@ def state_dict_digest(model: torch.nn.Module) -> str:
 
 def instance_record(inst: SceneInstance) -> dict:
     """A JSON-ready record of an instance: the cropped mask as COCO RLE (exact round trip)."""
-    rle = mask_util.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+    rle = inst.crop_rle()  # from the packed crop, in column bands: no dense copy of the mask
     return {
         "category": inst.category,
         "score": inst.score,
         "box": list(inst.box),
-        "mask": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        "mask": {"size": rle["size"], "counts": rle["counts"]},
         "windows": [list(w) for w in inst.windows],
     }
 
@@ -121,7 +118,7 @@ def instance_from_record(record: dict) -> SceneInstance:
         category=int(record["category"]),
         score=float(record["score"]),
         box=tuple(record["box"]),
-        mask=mask_util.decode(rle).astype(bool),
+        mask=mask_util.decode(rle).view(bool),
         windows=[tuple(w) for w in record["windows"]],
     )
 
@@ -377,9 +374,16 @@ class SceneStream:
         if f is not None:
             f.write("".join(line + "\n" for line in lines))
 
-    def _emit(self, instances: Sequence[SceneInstance]) -> None:
-        """Write final instances, one at a time: COCO results, GeoJSON Features, overlay."""
-        for inst in instances:
+    def _emit(self, instances: List[SceneInstance]) -> None:
+        """Write final instances, one at a time: COCO result, GeoJSON Feature, overlay.
+
+        Each instance leaves ``instances`` (emptied) as it is written, so that
+        its mask is freed before the next one's outline and run lengths are built.
+        """
+        self.detections += len(instances)
+        instances.reverse()
+        while instances:
+            inst = instances.pop()
             result = {
                 "image_id": self.image_id,
                 "category_id": inst.category + 1,
@@ -390,16 +394,19 @@ class SceneStream:
                 "iscrowd": 0,
             }
             self._write("detections", [json.dumps(result)])
-            feature = self.features.feature(inst) if self.features is not None else None
-            if feature is not None:
-                self._write("features", [json.dumps(feature)])
-        self.detections += len(instances)
-        if self._canvas is not None and instances:
-            from .predictor import draw_instances  # the predictor module imports the model stack
+            if self.features is not None:
+                # A Feature line in pieces: the outline of a scene-sized ragged mask is never held whole.
+                pieces = self.features.feature_json(inst)
+                first = next(pieces, None)
+                if first is not None:
+                    self._files["features"].write(first)
+                    for piece in pieces:
+                        self._files["features"].write(piece)
+                    self._files["features"].write("\n")
+            if self._canvas is not None:
+                from .predictor import draw_instances  # the predictor module imports the model stack
 
-            for start in range(0, len(instances), _DRAW_CHUNK):
-                chunk = instances[start : start + _DRAW_CHUNK]
-                self._canvas = draw_instances(self._canvas, chunk, self.class_names, self._scale)
+                self._canvas = draw_instances(self._canvas, [inst], self.class_names, self._scale)
 
     def _lengths(self) -> Dict[str, int]:
         """Flush the streamed files to disk and return their lengths (bytes)."""
@@ -493,20 +500,45 @@ def _join_lines(out, lines: Iterable[str]) -> int:
     return count
 
 
-def write_feature_collection(lines_path: str, header: Dict, path: str) -> int:
-    """Write a FeatureCollection from a newline-delimited GeoJSON file, line by line; the feature count.
+def write_feature_collection(lines_path: str, header: Dict, path: str, chunk: int = 1 << 20) -> int:
+    """Write a FeatureCollection from a newline-delimited GeoJSON file; the feature count.
 
-    ``header`` holds the collection's other members (type, crs...); "features" is written last.
+    ``header`` holds the collection's other members (type, crs...); "features"
+    is written last. The lines are copied in blocks of ``chunk`` bytes, each
+    newline but the last becoming the comma between two Features: one Feature
+    of a ragged scene-sized mask is tens of MB, never read as one string. A
+    last line without its newline (cut by a kill) is left out.
     """
     prefix = json.dumps({**header, "features": []})[:-2]  # everything up to the empty list's "]}"
-    lines = _read_lines(lines_path) if os.path.isfile(lines_path) else iter(())
+    count = 0
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(prefix)
-        count = _join_lines(out, lines)
-        out.write("]}")
+    with open(tmp, "wb") as out:
+        out.write(prefix.encode())
+        if os.path.isfile(lines_path):
+            with open(lines_path, "rb") as f:
+                end = _last_newline(f, chunk)
+                f.seek(0)
+                while f.tell() < end:
+                    block = f.read(min(chunk, end - f.tell()))
+                    count += block.count(b"\n")
+                    out.write(block.replace(b"\n", b","))
+                count += end >= 0
+        out.write(b"]}")
     os.replace(tmp, path)
     return count
+
+
+def _last_newline(f, chunk: int) -> int:
+    """Offset of the last newline of binary file ``f`` (-1 when it has none)."""
+    position = f.seek(0, os.SEEK_END)
+    while position > 0:
+        start = max(0, position - chunk)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
 
 
 def write_coco_results(

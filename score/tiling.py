@@ -10,7 +10,12 @@ instead of being padded). Each window is read on its own (a numpy slice, or
 a rasterio window of a GeoTIFF) and goes through the predictor. Every
 instance is kept as a :class:`SceneInstance`: its tight box and the mask
 cropped to that box, never a mask of the whole scene, so memory grows with
-the tile and with the objects, not with the scene.
+the tile and with the objects, not with the scene. The crop is kept
+bit-packed (``np.packbits`` along rows: 8 pixels a byte, exact), and the
+merger, the RLE encoder and the region reads unpack only bands of rows or
+columns: an object may be as large as the scene (a random model at
+threshold 0 chains ragged pieces across every border), and ragged masks
+compress badly as run lengths but always 8x as bits.
 
 :class:`TileMerger` joins the pieces of an object that tile borders cut, and
 the duplicates that two overlapping tiles both see. Two instances of the same
@@ -40,8 +45,7 @@ neighbourhood of the current tile.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Protocol, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,7 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]
-# Crop pixels handled at once when a mask is run-length encoded.
+# Crop pixels unpacked at once (run-length encoding, unions): bounds the dense bool band in memory.
 _RLE_CHUNK_PIXELS = 1 << 22
 
 
@@ -89,28 +93,75 @@ class ArrayReader:
         return self.image[y0:y1, x0:x1]
 
 
-@dataclass
 class SceneInstance:
     """One detected object in scene coordinates: class, score, tight box and the mask cropped to it.
+
+    The crop is stored bit-packed: h x w pixels in h x ceil(w / 8) bytes
+    (``np.packbits`` of each row, zero padding bits), so that an object as
+    large as the scene costs 1 bit a pixel; :attr:`mask` unpacks it, and
+    :meth:`region` unpacks only the rows and bytes it reads.
 
     Attributes:
         category: index of the class in the vocabulary.
         score: detection score in [0, 1].
-        box: (x0, y0, x1, y1) pixel edges, end-exclusive: the tight box of ``mask``.
-        mask: bool (y1 - y0, x1 - x0).
+        box: (x0, y0, x1, y1) pixel edges, end-exclusive: the tight box of the mask.
+        bits: uint8 (y1 - y0, ceil((x1 - x0) / 8)), the packed rows of the mask.
         windows: the tile windows the instance was seen in (for merging).
     """
 
-    category: int
-    score: float
-    box: Box
-    mask: np.ndarray
-    windows: List[Box] = field(default_factory=list)
+    __slots__ = ("category", "score", "box", "bits", "windows")
+
+    def __init__(
+        self,
+        category: int,
+        score: float,
+        box: Box,
+        mask: np.ndarray,
+        windows: Optional[List[Box]] = None,
+    ):
+        """
+        Args:
+            category, score, box, windows: see the class attributes.
+            mask: bool (y1 - y0, x1 - x0), the mask cropped to ``box``.
+        """
+        shape = (box[3] - box[1], box[2] - box[0])
+        if mask.shape != shape:
+            raise ValueError(f"mask of shape {mask.shape} for box {box} (expected {shape})")
+        self._set(category, score, box, np.packbits(mask.astype(bool, copy=False), axis=1), windows)
+
+    def _set(self, category: int, score: float, box: Box, bits: np.ndarray, windows: Optional[List[Box]]):
+        self.category, self.score, self.box, self.bits = category, score, tuple(box), bits
+        self.windows = list(windows) if windows is not None else []
+
+    @classmethod
+    def from_bits(
+        cls, category: int, score: float, box: Box, bits: np.ndarray, windows: Optional[List[Box]] = None
+    ) -> SceneInstance:
+        """An instance from an already packed crop (``bits`` as the attribute, zero padding bits)."""
+        inst = cls.__new__(cls)
+        inst._set(category, score, box, bits, windows)
+        return inst
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(h, w) of the crop."""
+        return self.box[3] - self.box[1], self.box[2] - self.box[0]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The crop unpacked: bool (y1 - y0, x1 - x0) (a new array; for whole-mask consumers)."""
+        return self._block(0, self.shape[0], 0, self.shape[1])
+
+    def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Crop rows [r0, r1) x columns [c0, c1), unpacked: bool (r1 - r0, c1 - c0)."""
+        b0 = c0 // 8
+        block = np.unpackbits(self.bits[r0:r1, b0 : -(-c1 // 8)], axis=1)
+        return block[:, c0 - 8 * b0 : c1 - 8 * b0].view(bool)
 
     @property
     def area(self) -> int:
         """Number of mask pixels."""
-        return int(self.mask.sum())
+        return int(_POPCOUNT[self.bits].sum(dtype=np.int64))
 
     def region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """The mask on the scene region [y0, y1) x [x0, x1): bool (y1 - y0, x1 - x0), False off the box."""
@@ -118,9 +169,27 @@ class SceneInstance:
         bx0, by0, bx1, by1 = self.box
         ix0, iy0, ix1, iy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
         if ix0 < ix1 and iy0 < iy1:
-            crop = self.mask[iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0]
+            crop = self._block(iy0 - by0, iy1 - by0, ix0 - bx0, ix1 - bx0)
             out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = crop
         return out
+
+    def or_into(self, bits: np.ndarray, dx: int, dy: int) -> None:
+        """OR this mask into packed rows ``bits`` (of a larger box) at column ``dx``, row ``dy`` of that box.
+
+        A byte-aligned ``dx`` ORs the bytes as they are; otherwise bands of
+        rows are unpacked, moved by ``dx % 8`` bits and packed again.
+        """
+        h, w = self.shape
+        b0, shift = divmod(dx, 8)
+        if shift == 0:
+            bits[dy : dy + h, b0 : b0 + self.bits.shape[1]] |= self.bits
+            return
+        step = max(1, _RLE_CHUNK_PIXELS // max(w, 1))
+        width = -(-(w + shift) // 8)
+        for r in range(0, h, step):
+            rows = np.zeros((min(step, h - r), w + shift), dtype=np.uint8)
+            rows[:, shift:] = np.unpackbits(self.bits[r : r + step], axis=1, count=w)
+            bits[dy + r : dy + r + len(rows), b0 : b0 + width] |= np.packbits(rows, axis=1)
 
     def bbox_xywh(self) -> List[float]:
         """COCO box [x, y, width, height] of the mask (pixel edges)."""
@@ -136,13 +205,21 @@ class SceneInstance:
         area); in the flattening a crop pixel (row, col) sits at
         (x0 + col) * H + (y0 + row).
         """
-        x0, y0, _, _ = self.box
-        h, w = self.mask.shape
+        return _compress(self._runs(height, width, *self.box[:2]), height, width)
+
+    def crop_rle(self) -> dict:
+        """COCO compressed RLE of the crop alone (size [h, w]), as ``mask_util.encode`` of :attr:`mask`."""
+        h, w = self.shape
+        return _compress(self._runs(h, w, 0, 0), h, w)
+
+    def _runs(self, height: int, width: int, x0: int, y0: int) -> List[int]:
+        """Uncompressed COCO counts of the crop placed at (x0, y0) in an H x W image."""
+        h, w = self.shape
         step = max(1, _RLE_CHUNK_PIXELS // max(h, 1))
         starts, ends = [], []
         for c in range(0, w, step):
             columns = np.zeros((min(step, w - c), h + 2), dtype=np.int8)
-            columns[:, 1:-1] = self.mask[:, c : c + step].T
+            columns[:, 1:-1] = self._block(0, h, c, min(c + step, w)).T
             edges = np.diff(columns, axis=1)  # +1 where a run of 1 starts, -1 after it ends
             col, row = np.nonzero(edges == 1)
             starts.append((col + x0 + c) * height + row + y0)
@@ -150,24 +227,31 @@ class SceneInstance:
             ends.append((col + x0 + c) * height + row + y0)
         starts, ends = np.concatenate(starts), np.concatenate(ends)
         if starts.size == 0:
-            counts = [height * width]
-        else:
-            # A run reaching the bottom of the image continues at the top of the next column.
-            joined = starts[1:] == ends[:-1]
-            starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
-            runs = np.empty(2 * starts.size + 1, dtype=np.int64)
-            runs[0] = starts[0]
-            runs[1:-1:2] = ends - starts
-            runs[2:-1:2] = starts[1:] - ends[:-1]
-            runs[-1] = height * width - ends[-1]
-            counts = runs.tolist()
-        rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-        rle["counts"] = rle["counts"].decode("ascii")
-        return rle
+            return [height * width]
+        # A run reaching the bottom of the image continues at the top of the next column.
+        joined = starts[1:] == ends[:-1]
+        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
+        runs = np.empty(2 * starts.size + 1, dtype=np.int64)
+        runs[0] = starts[0]
+        runs[1:-1:2] = ends - starts
+        runs[2:-1:2] = starts[1:] - ends[:-1]
+        runs[-1] = height * width - ends[-1]
+        # pycocotools ends the counts with the last run: no empty run of 0 after a mask that fills the end.
+        return runs[:-1].tolist() if runs[-1] == 0 else runs.tolist()
 
     def to_full_mask(self, height: int, width: int) -> np.ndarray:
         """The mask in an H x W image (for small images and tests; tiled scenes should keep the crop)."""
         return self.region(0, 0, width, height)
+
+
+# Set bits of each byte value, for counting mask pixels in packed rows.
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+
+
+def _compress(counts: List[int], height: int, width: int) -> dict:
+    rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> List[Box]:
@@ -222,7 +306,7 @@ def instances_to_scene(
                 category=int(category),
                 score=float(score),
                 box=(x0 + c0, y0 + r0, x0 + c1, y0 + r1),
-                mask=mask[r0:r1, c0:c1].copy(),
+                mask=mask[r0:r1, c0:c1],
                 windows=[window],
             )
         )
@@ -293,15 +377,17 @@ def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -
 
 
 def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
+    """The pieces as one instance: union of the masks (packed, never dense), box hull, best score."""
     x0, y0, x1, y1 = _hull([p.box for p in parts])
-    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    bits = np.zeros((y1 - y0, -(-(x1 - x0) // 8)), dtype=np.uint8)
     windows: List[Box] = []  # in order of first appearance, without repeats
     for p in parts:
-        px0, py0, px1, py1 = p.box
-        mask[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= p.mask
+        p.or_into(bits, p.box[0] - x0, p.box[1] - y0)
         windows.extend(p.windows)
     best = max(parts, key=lambda p: p.score)
-    return SceneInstance(best.category, best.score, (x0, y0, x1, y1), mask, list(dict.fromkeys(windows)))
+    return SceneInstance.from_bits(
+        best.category, best.score, (x0, y0, x1, y1), bits, list(dict.fromkeys(windows))
+    )
 
 
 class TileMerger:

@@ -2,11 +2,12 @@
 """Memory and resume check of tools/predict.py on one large scene (the figures of docs/PREDICT.md).
 
 Runs the tool as a child process and samples, every ``--every`` seconds, its
-resident memory (VmRSS of /proc) against the tiles done and the instances
-written so far (lines of the streamed files). With ``--kill-at F`` it kills
-the child (SIGKILL) once a fraction F of the tiles is done, checks that the
-streamed GeoJSON on disk is valid, runs the tool again (it resumes), and, with
-``--reference DIR`` (an uninterrupted run's output), compares the results.
+resident memory and its peak so far (VmRSS, VmHWM of /proc) against the
+tiles done and the instances written so far (lines of the streamed files).
+With ``--kill-at F`` it kills the child (SIGKILL) once a fraction F of the
+tiles is done, checks that the streamed GeoJSON on disk is valid, runs the
+tool again (it resumes), and, with ``--reference DIR`` (an uninterrupted
+run's output), compares the results.
 
     python tools/benchmark_large_scene.py --output /tmp/run --kill-at 0.5 --reference /tmp/whole -- \\
         --config-file configs/tiny/score_tiny_isaid.yaml --input /tmp/scene_3000.tif \\
@@ -40,11 +41,27 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def rss_mib(pid: int) -> float:
+def count_features(path: Path):
+    """Complete lines of a .geojsonl that are GeoJSON Features (a line that is not raises), and the
+    bytes after the last newline (a line cut by the kill)."""
+    valid, cut = 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                cut = len(line)
+                break
+            if json.loads(line)["type"] != "Feature":
+                raise ValueError(f"{path}: a line that is not a Feature")
+            valid += 1
+    return valid, cut
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process now (VmRSS) or its peak so far (VmHWM), MiB; 0 once it has ended."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -137,9 +154,10 @@ def run(output: Path, tool_args, every: float, kill_at: float = None, oracle: st
             tiles = json.loads(manifest.read_text())["tiles"]
         done = count_lines(scene / "progress.jsonl")
         written = count_lines(scene / "detections.jsonl")
-        samples.append((round(time.time() - start), done, written, round(rss_mib(child.pid))))
-        seconds, done, written, rss = samples[-1]
-        print(f"t={seconds:5d} s  tiles {done:5d}  written {written:7d}  RSS {rss:6d} MiB", flush=True)
+        rss, peak = round(rss_mib(child.pid)), round(rss_mib(child.pid, "VmHWM"))
+        samples.append((round(time.time() - start), done, written, rss, peak))
+        line = f"t={samples[-1][0]:5d} s  tiles {done:5d}  written {written:7d}  RSS {rss:6d} MiB"
+        print(f"{line}  peak {peak:6d} MiB", flush=True)
         if kill_at is not None and tiles and done >= kill_at * tiles:
             child.send_signal(signal.SIGKILL)
             child.wait()
@@ -178,9 +196,8 @@ def main() -> int:
     report = {"first": first}
     if first["killed"]:
         for path in args.output.glob("geojson/*.geojsonl"):
-            lines = path.read_text().splitlines()
-            valid = sum(1 for line in lines if json.loads(line)["type"] == "Feature") if lines else 0
-            print(f"killed: {path} holds {valid} valid Features", flush=True)
+            valid, cut = count_features(path)
+            print(f"killed: {path} holds {valid} valid Features, then {cut} bytes of a cut line", flush=True)
         report["resumed"] = run(args.output, tool_args, args.every, oracle=args.oracle)
     if args.reference is not None:
         names = [str(p.relative_to(args.reference)) for p in args.reference.glob("geojson/*")]

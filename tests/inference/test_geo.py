@@ -10,7 +10,14 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from score.geo import GeoTiffReader, crs_member, instance_geometry, instances_to_geojson, write_geojson
+from score.geo import (
+    FeatureMaker,
+    GeoTiffReader,
+    crs_member,
+    instance_geometry,
+    instances_to_geojson,
+    write_geojson,
+)
 from score.tiling import SceneInstance
 
 UTM33 = CRS.from_epsg(32633)
@@ -99,6 +106,26 @@ def test_wgs84_output_drops_the_crs_member_and_reprojects():
     assert 14.9 < lon < 15.1 and 45.0 < lat < 45.2  # UTM 33N's central meridian is 15 E
     with pytest.raises(ValueError, match="no CRS"):
         instances_to_geojson([], ["ship"], transform=transform, crs=None, to_wgs84=True)
+
+
+@pytest.mark.parametrize("to_wgs84", [False, True])
+def test_feature_json_in_pieces_equals_the_feature(to_wgs84):
+    transform = from_origin(500_000.0, 5_000_000.0, 10.0, 10.0)
+    maker = FeatureMaker(["ship", "tank"], transform=transform, crs=UTM33, to_wgs84=to_wgs84)
+    rng = np.random.default_rng(0)
+    ragged = rng.random((30, 41)) > 0.5  # many parts with holes: a MultiPolygon
+    ragged[0, :] = ragged[-1, :] = ragged[:, 0] = ragged[:, -1] = True
+    for inst in (square(3, 4, 5, category=1), SceneInstance(0, 0.5, (7, 9, 48, 39), ragged)):
+        feature = maker.feature(inst)
+        assert "".join(maker.feature_json(inst)) == json.dumps(feature)
+        # Parts reprojected one by one are the whole geometry reprojected (what was written before).
+        whole = instance_geometry(inst, transform)
+        if to_wgs84:
+            whole = rasterio.warp.transform_geom(UTM33, "EPSG:4326", whole)
+        assert json.dumps(feature["geometry"]) == json.dumps(whole)
+    assert feature["geometry"]["type"] == "MultiPolygon"
+    empty = SceneInstance(0, 0.5, (0, 0, 3, 2), np.zeros((2, 3), dtype=bool))
+    assert maker.feature(empty) is None and list(maker.feature_json(empty)) == []
 
 
 def test_crs_member_without_epsg_uses_wkt():

@@ -18,6 +18,7 @@ from score.streaming import (
     predict_tiles,
     row_starts,
     write_coco_results,
+    write_feature_collection,
 )
 from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tile_windows, tiled_inference
 
@@ -109,6 +110,22 @@ def test_record_round_trip():
     back = instance_from_record(json.loads(json.dumps(instance_record(inst))))
     assert (back.category, back.score, back.box, back.windows) == (1, inst.score, inst.box, inst.windows)
     assert back.mask.dtype == bool and np.array_equal(back.mask, mask)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 3])
+def test_feature_collection_copied_in_blocks(tmp_path, chunk):
+    features = [{"type": "Feature", "properties": {"n": i, "text": "a,b\\n"}} for i in range(4)]
+    path = tmp_path / "f.geojsonl"
+    # The last line was cut by a kill: it is left out.
+    path.write_text("".join(json.dumps(f) + "\n" for f in features) + '{"type": "Fea')
+    header = {"type": "FeatureCollection", "crs": {"type": "name"}}
+    out = tmp_path / "f.geojson"
+    assert write_feature_collection(str(path), header, str(out), chunk=chunk) == 4
+    assert json.loads(out.read_text()) == {**header, "features": features}
+    path.write_text("")
+    assert write_feature_collection(str(path), header, str(out), chunk=chunk) == 0
+    assert json.loads(out.read_text()) == {**header, "features": []}
+    assert write_feature_collection(str(tmp_path / "none"), header, str(out), chunk=chunk) == 0
 
 
 def test_row_starts():
