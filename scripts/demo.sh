@@ -10,7 +10,9 @@
 #      vocabulary, which holds two classes iSAID never names (airplane, vehicle).
 #
 #   bash scripts/demo.sh [OUTPUT_ROOT] [KEY VALUE ...]   (default output/demo)
-# Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50).
+# Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50), after DEMO_SCHEDULE.
+# DEMO_SCHEDULE: the demo's schedule, 1000 iterations with a 50-iteration Gumbel warm-up (the
+# config's 250 warm-up steps cost three times a normal step each; docs/EXPERIMENTS.md section 1).
 # Environment: CONFIG (default configs/tiny_world/score_isaid.yaml), PYTHON.
 # The console gets one line per step and the tables; the full logs go to OUTPUT_ROOT/logs/.
 set -euo pipefail
@@ -21,6 +23,7 @@ shift || true
 PYTHON=${PYTHON:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/tiny_world/score_isaid.yaml}
 RUN=$ROOT/tiny_world_isaid
+DEMO_SCHEDULE=(SOLVER.MAX_ITER 1000 SOLVER.STEPS "(900,950)" MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS 50)
 LOGS=$ROOT/logs
 OVERLAYS=$ROOT/predictions
 export DETECTRON2_DATASETS=$ROOT/datasets
@@ -44,7 +47,7 @@ logged "$LOGS/datasets.log" "$PYTHON" tools/make_synthetic_datasets.py --root "$
 
 echo "== 2/4 training the tiny-world SCORE on synthetic iSAID ($CONFIG) -> $RUN (log: $LOGS/train.log)"
 set +e
-PYTHONUNBUFFERED=1 "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "$@" 2>&1 \
+PYTHONUNBUFFERED=1 "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "${DEMO_SCHEDULE[@]}" "$@" 2>&1 \
     | tee "$LOGS/train.log" \
     | awk '/ iter: / {
                for (i = 1; i <= NF; i++) {
