@@ -10,9 +10,9 @@
 #      vocabulary, which holds two classes iSAID never names (airplane, vehicle).
 #
 #   bash scripts/demo.sh [OUTPUT_ROOT] [KEY VALUE ...]   (default output/demo)
-# Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50), after DEMO_SCHEDULE.
-# DEMO_SCHEDULE: the demo's schedule, 1000 iterations with a 50-iteration Gumbel warm-up (the
-# config's 250 warm-up steps cost three times a normal step each; docs/EXPERIMENTS.md section 1).
+# Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50); the schedule
+# (1500 iterations of a 4-prediction decoder, a 50-iteration Gumbel warm-up, 384 px test
+# size) is the tiny-world config's, docs/EXPERIMENTS.md section 1.
 # Environment: CONFIG (default configs/tiny_world/score_isaid.yaml), PYTHON.
 # The console gets one line per step and the tables; the full logs go to OUTPUT_ROOT/logs/.
 set -euo pipefail
@@ -23,7 +23,6 @@ shift || true
 PYTHON=${PYTHON:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/tiny_world/score_isaid.yaml}
 RUN=$ROOT/tiny_world_isaid
-DEMO_SCHEDULE=(SOLVER.MAX_ITER 1000 SOLVER.STEPS "(900,950)" MODEL.SCORE.RAI.GUMBEL_WARMUP_ITERS 50)
 LOGS=$ROOT/logs
 OVERLAYS=$ROOT/predictions
 export DETECTRON2_DATASETS=$ROOT/datasets
@@ -47,7 +46,7 @@ logged "$LOGS/datasets.log" "$PYTHON" tools/make_synthetic_datasets.py --root "$
 
 echo "== 2/4 training the tiny-world SCORE on synthetic iSAID ($CONFIG) -> $RUN (log: $LOGS/train.log)"
 set +e
-PYTHONUNBUFFERED=1 "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "${DEMO_SCHEDULE[@]}" "$@" 2>&1 \
+PYTHONUNBUFFERED=1 "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "$@" 2>&1 \
     | tee "$LOGS/train.log" \
     | awk '/ iter: / {
                for (i = 1; i <= NF; i++) {
@@ -66,13 +65,13 @@ if [[ $status -ne 0 ]]; then
 fi
 
 echo "== 3/4 cross-dataset evaluation (eval_isaid.sh; log: $LOGS/eval.log)"
-CONFIG=$CONFIG PYTHON=$PYTHON logged "$LOGS/eval.log" bash eval_isaid.sh "$RUN"
+CONFIG=$CONFIG PYTHON=$PYTHON logged "$LOGS/eval.log" bash eval_isaid.sh "$RUN" "$@"
 
 echo "== 4/4 prediction overlays of synthetic NWPU images -> $OVERLAYS/visualizations (log: $LOGS/predict.log)"
 mapfile -t IMAGES < <(find "$DETECTRON2_DATASETS/NWPU/image_patches" -name '*.jpg' -o -name '*.png' | sort | head -n 4)
 logged "$LOGS/predict.log" "$PYTHON" tools/predict.py --config-file "$CONFIG" --input "${IMAGES[@]}" \
     --output "$OVERLAYS" --confidence-threshold 0.3 \
-    --opts MODEL.WEIGHTS "$RUN/model_final.pth" DATASETS.TEST "('nwpu_val_instance',)"
+    --opts MODEL.WEIGHTS "$RUN/model_final.pth" DATASETS.TEST "('nwpu_val_instance',)"  "$@"
 
 echo
 echo "## In-domain: synthetic iSAID val (mask AP, %; every class seen)"

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -70,7 +70,7 @@ def summarise(run_dir: Path) -> Dict[str, float]:
     }
 
 
-def run(config: str, seed: int, iters: int, run_dir: Path, env: dict) -> Dict[str, float]:
+def run(config: str, seed: int, iters: Optional[int], run_dir: Path, env: dict) -> Dict[str, float]:
     """Train, evaluate in-domain, on the targets and on the targets without the OOV term."""
     log = run_dir.with_suffix(".log")
     try:
@@ -79,12 +79,14 @@ def run(config: str, seed: int, iters: int, run_dir: Path, env: dict) -> Dict[st
         pass
     commands = []
     if not (run_dir / "model_final.pth").exists():
+        schedule = []
+        if iters is not None:
+            steps = f"({int(iters * 0.9)}, {int(iters * 0.95)})"
+            schedule = ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps]
         commands.append(
             [sys.executable, str(REPO / "train_net.py"), "--config-file", str(REPO / config),
-             "--num-gpus", "1",
-             "SEED", str(seed), "SOLVER.MAX_ITER", str(iters),
-             "SOLVER.STEPS", f"({int(iters * 0.9)}, {int(iters * 0.95)})",
-             "SOLVER.CHECKPOINT_PERIOD", str(iters * 10), "OUTPUT_DIR", str(run_dir)]
+             "--num-gpus", "1", "SEED", str(seed), *schedule,
+             "SOLVER.CHECKPOINT_PERIOD", "1000000", "OUTPUT_DIR", str(run_dir)]
         )  # fmt: skip
     evaluate = ["bash", str(REPO / "eval_isaid.sh"), str(run_dir)]
     commands.append(evaluate)
@@ -132,7 +134,12 @@ def main() -> None:
     )
     parser.add_argument("--root", default="output/context_check", help="runs and synthetic data go here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=600, help="training iterations per run")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="training iterations per run, lr steps at 90 and 95 %% (default: the configs' schedule)",
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--output", default=None, help="write the markdown table here too")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with OMP_NUM_THREADS=1)")
@@ -164,7 +171,8 @@ def main() -> None:
             results.setdefault(name, []).append(future.result())
             logger.info("%s seed %d: %s", name, seed, results[name][-1])
 
-    text = f"seeds {args.seeds}, {args.iters} iterations each; mask AP (%)\n\n{table(results)}"
+    schedule = "the configs' schedule" if args.iters is None else f"{args.iters} iterations each"
+    text = f"seeds {args.seeds}, {schedule}; mask AP (%)\n\n{table(results)}"
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")

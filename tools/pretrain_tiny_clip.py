@@ -13,7 +13,11 @@ the trunk's dense map (``--region-scenes``): every class name of ``SPLITS`` (aft
 with one recipe (``plane`` / ``airplane``) are one concept, and the captions
 are prompt templates filled with any of the concept's names. The loss is
 open_clip's ``ClipLoss``; each batch holds distinct concepts, so no caption is
-a false negative of another image in the batch.
+a false negative of another image in the batch. ``--captions-per-image`` draws
+more captions per crop (one ``ClipLoss`` term each) and ``--text-contrast``
+contrasts those caption sets with each other too, which spreads the classifier
+rows of concepts that the image term leaves nearly parallel (measured in
+docs/EXPERIMENTS.md section 4; the shipped checkpoint uses neither).
 
 It logs the zero-shot top-1 over all concepts on held-out crops and regions (another
 seed) and writes an open_clip state dict (fp16), which loads through
@@ -273,6 +277,16 @@ def zero_shot_top1(model, tokenizer, concepts: dict[str, list[str]], seed: int, 
     return correct / (len(keys) * per_concept)
 
 
+@torch.no_grad()
+def closest_concepts(model, tokenizer, concepts: dict[str, list[str]], count: int = 3):
+    """The ``count`` most similar pairs of zero-shot classifier rows: (cosine, concept, concept)."""
+    weights = text_weights(model, tokenizer, concepts)
+    cosine = torch.triu(weights @ weights.T, diagonal=1)
+    keys = list(concepts)
+    values, flat = cosine.flatten().topk(count)
+    return [(float(v), keys[i // len(keys)], keys[i % len(keys)]) for v, i in zip(values, flat.tolist())]
+
+
 def caption(rng: np.random.Generator, names: list[str]) -> str:
     """A random template filled with a random name of the concept."""
     return TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))])
@@ -320,6 +334,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--batch", type=int, default=48, help="distinct concepts per batch (at most all; objects only)"
     )
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=1,
+        help="objects only: captions drawn per crop and step, one ClipLoss term each (averaged)",
+    )
+    parser.add_argument(
+        "--text-contrast",
+        action="store_true",
+        help="objects only: also a ClipLoss between consecutive caption sets (needs --captions-per-image 2+)",
+    )
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     parser.add_argument(
         "--region-scenes",
@@ -342,13 +367,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _object_batch(rng, concepts, keys, batch_size, size):
-    """Crops of distinct concepts and one caption each."""
+    """Crops of distinct concepts, one caption each, and the concepts' indices."""
     crops, captions = [], []
-    for i in rng.choice(len(keys), size=min(batch_size, len(keys)), replace=False):
+    chosen = rng.choice(len(keys), size=min(batch_size, len(keys)), replace=False)
+    for i in chosen:
         names = concepts[keys[i]]
         crops.append(render_crop(rng, names[0], size))
         captions.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))]))
-    return crops, captions
+    return crops, captions, chosen
 
 
 def _scene_batch(rng, names, classes, size):
@@ -398,10 +424,28 @@ def main(argv=None) -> float:
         if context:
             images, captions = _scene_batch(rng, names, classes, size)
         else:
-            images, captions = _object_batch(rng, concepts, keys, args.batch, size)
+            images, captions, chosen = _object_batch(rng, concepts, keys, args.batch, size)
         images = to_tensor(images, model)
         image_features, text_features, logit_scale = model(images, tokenizer(captions))
         loss = loss_fn(image_features, text_features, logit_scale)
+        if not context and args.captions_per_image > 1:
+            # More captions of the same crops: the text tower sees more of each concept's
+            # names and templates per step for little more than the cost of its forward.
+            # With --text-contrast, captions of one concept are also contrasted with those
+            # of the others (ClipLoss between two caption sets), which spreads the classifier
+            # rows of concepts that the image term leaves nearly parallel.
+            terms, previous = 1, text_features
+            for _ in range(args.captions_per_image - 1):
+                more = model.encode_text(
+                    tokenizer([caption(rng, concepts[keys[i]]) for i in chosen]), normalize=True
+                )
+                loss = loss + loss_fn(image_features, more, logit_scale)
+                terms += 1
+                if args.text_contrast:
+                    loss = loss + loss_fn(previous, more, logit_scale)
+                    terms += 1
+                previous = more
+            loss = loss / terms
         if context:
             g = F.normalize(context_cls(model, images), dim=-1)
             loss = loss + loss_fn(g, text_features, logit_scale)
@@ -442,6 +486,10 @@ def main(argv=None) -> float:
             "zero-shot top-1 over %d concepts of mask-pooled regions of held-out scenes: %.1f %%",
             len(keys), 100 * region_top1,
         )  # fmt: skip
+        logger.info(
+            "closest classifier rows (cosine): %s",
+            ", ".join(f"{a} / {b} {v:.3f}" for v, a, b in closest_concepts(model, tokenizer, concepts)),
+        )
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(state, args.out)
     logger.info(
