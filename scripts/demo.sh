@@ -71,7 +71,7 @@ echo "== 4/4 prediction overlays of synthetic NWPU images -> $OVERLAYS/visualiza
 mapfile -t IMAGES < <(find "$DETECTRON2_DATASETS/NWPU/image_patches" -name '*.jpg' -o -name '*.png' | sort | head -n 4)
 logged "$LOGS/predict.log" "$PYTHON" tools/predict.py --config-file "$CONFIG" --input "${IMAGES[@]}" \
     --output "$OVERLAYS" --confidence-threshold 0.3 \
-    --opts MODEL.WEIGHTS "$RUN/model_final.pth" DATASETS.TEST "('nwpu_val_instance',)"  "$@"
+    --opts MODEL.WEIGHTS "$RUN/model_final.pth" DATASETS.TEST "('nwpu_val_instance',)" "$@"
 
 echo
 echo "## In-domain: synthetic iSAID val (mask AP, %; every class seen)"
