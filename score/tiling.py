@@ -45,6 +45,7 @@ neighbourhood of the current tile.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -55,8 +56,10 @@ from tqdm import tqdm
 
 __all__ = [
     "ArrayReader",
+    "PieceStore",
     "SceneInstance",
     "SceneReader",
+    "SpilledInstance",
     "TileMerger",
     "instances_to_scene",
     "tile_windows",
@@ -154,9 +157,15 @@ class SceneInstance:
 
     def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Crop rows [r0, r1) x columns [c0, c1), unpacked: bool (r1 - r0, c1 - c0)."""
-        b0 = c0 // 8
-        block = np.unpackbits(self.bits[r0:r1, b0 : -(-c1 // 8)], axis=1)
-        return block[:, c0 - 8 * b0 : c1 - 8 * b0].view(bool)
+        return _unpack(self.bits, r0, r1, c0, c1)
+
+    def windows_near(self, box: Box) -> List[Box]:
+        """The windows of :attr:`windows` that overlap or touch ``box``."""
+        return [w for w in self.windows if _near(w, box)]
+
+    def has_window(self, window: Box) -> bool:
+        """Whether the instance holds a piece of ``window``."""
+        return window in self.windows
 
     @property
     def area(self) -> int:
@@ -179,17 +188,7 @@ class SceneInstance:
         A byte-aligned ``dx`` ORs the bytes as they are; otherwise bands of
         rows are unpacked, moved by ``dx % 8`` bits and packed again.
         """
-        h, w = self.shape
-        b0, shift = divmod(dx, 8)
-        if shift == 0:
-            bits[dy : dy + h, b0 : b0 + self.bits.shape[1]] |= self.bits
-            return
-        step = max(1, _RLE_CHUNK_PIXELS // max(w, 1))
-        width = -(-(w + shift) // 8)
-        for r in range(0, h, step):
-            rows = np.zeros((min(step, h - r), w + shift), dtype=np.uint8)
-            rows[:, shift:] = np.unpackbits(self.bits[r : r + step], axis=1, count=w)
-            bits[dy + r : dy + r + len(rows), b0 : b0 + width] |= np.packbits(rows, axis=1)
+        _or_packed(bits, self.bits, self.shape[1], dx, dy)
 
     def bbox_xywh(self) -> List[float]:
         """COCO box [x, y, width, height] of the mask (pixel edges)."""
@@ -244,6 +243,28 @@ class SceneInstance:
         return self.region(0, 0, width, height)
 
 
+def _unpack(bits: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows [r0, r1) x columns [c0, c1) of packed rows ``bits``, unpacked: bool (r1 - r0, c1 - c0)."""
+    b0 = c0 // 8
+    block = np.unpackbits(bits[r0:r1, b0 : -(-c1 // 8)], axis=1)
+    return block[:, c0 - 8 * b0 : c1 - 8 * b0].view(bool)
+
+
+def _or_packed(bits: np.ndarray, source: np.ndarray, width: int, dx: int, dy: int) -> None:
+    """OR packed rows ``source`` (``width`` px) into packed rows ``bits`` at column ``dx``, row ``dy``."""
+    h = source.shape[0]
+    b0, shift = divmod(dx, 8)
+    if shift == 0:
+        bits[dy : dy + h, b0 : b0 + source.shape[1]] |= source
+        return
+    step = max(1, _RLE_CHUNK_PIXELS // max(width, 1))
+    packed_width = -(-(width + shift) // 8)
+    for r in range(0, h, step):
+        rows = np.zeros((min(step, h - r), width + shift), dtype=np.uint8)
+        rows[:, shift:] = np.unpackbits(source[r : r + step], axis=1, count=width)
+        bits[dy + r : dy + r + len(rows), b0 : b0 + packed_width] |= np.packbits(rows, axis=1)
+
+
 # Set bits of each byte value, for counting mask pixels in packed rows.
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 
@@ -252,6 +273,173 @@ def _compress(counts: List[int], height: int, width: int) -> dict:
     rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+class PieceStore:
+    """Packed tile pieces appended to a file and read back by offset: where merged objects keep their masks.
+
+    A piece is a tile instance's packed crop (at most T x T / 8 bytes). The
+    file is append-only, so its length is a checkpoint: a resumed scene cuts
+    it back to the length its manifest recorded. Pieces are never rewritten,
+    also those of objects already written out; the file is removed with the
+    scene's other temporary files.
+    """
+
+    def __init__(self, path: str, length: Optional[int] = None):
+        """
+        Args:
+            path: the file (created when missing).
+            length: cut the file back to this many bytes (a checkpoint); None keeps it whole.
+        """
+        self.path = path
+        # Unbuffered: a piece is readable (os.pread) as soon as it is appended.
+        self._file = open(path, "a+b", buffering=0)
+        if length is not None:
+            if os.path.getsize(path) < length:
+                raise ValueError(f"{path} is shorter than {length} bytes")
+            os.truncate(path, length)
+        self.length = os.path.getsize(path)
+
+    def append(self, bits: np.ndarray) -> int:
+        """Store packed rows; their offset in the file."""
+        offset = self.length
+        data = np.ascontiguousarray(bits, dtype=np.uint8).tobytes()
+        self._file.write(data)
+        self.length += len(data)
+        return offset
+
+    def read(self, offset: int, shape: Tuple[int, int]) -> np.ndarray:
+        """The packed rows of ``shape`` (rows, bytes) stored at ``offset`` (read-only)."""
+        data = os.pread(self._file.fileno(), shape[0] * shape[1], offset)
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+    def sync(self) -> None:
+        """Make what was appended durable (before a checkpoint records :attr:`length`)."""
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _BoxGrid:
+    """Boxes bucketed by the G x G cells they touch (edges included): which boxes are near a given one.
+
+    An object chained across a scene holds thousands of tile windows and
+    pieces, and the merger asks, for every new piece, which of them are next
+    to it; the grid answers from the few cells around it.
+    """
+
+    def __init__(self, cell: int = 256):
+        self.cell = cell
+        self._cells: Dict[Tuple[int, int], List[int]] = {}
+        self.boxes: List[Box] = []
+
+    def _keys(self, box: Box) -> Iterable[Tuple[int, int]]:
+        g = self.cell
+        for cy in range(box[1] // g, box[3] // g + 1):
+            for cx in range(box[0] // g, box[2] // g + 1):
+                yield cx, cy
+
+    def add(self, box: Box) -> None:
+        """Add a box; its index is its position in :attr:`boxes`."""
+        for key in self._keys(box):
+            self._cells.setdefault(key, []).append(len(self.boxes))
+        self.boxes.append(box)
+
+    def near(self, box: Box) -> List[int]:
+        """Indices of the boxes that overlap or touch ``box``, increasing."""
+        found = {i for key in self._keys(box) for i in self._cells.get(key, ())}
+        return sorted(i for i in found if _near(self.boxes[i], box))
+
+
+class SpilledInstance(SceneInstance):
+    """A merged object whose mask is the union of tile pieces kept in a :class:`PieceStore`.
+
+    Only the pieces' boxes and offsets are in memory (and the windows, as for
+    any instance); reads unpack the pieces that meet the region read. A merged
+    object holds at most one piece per tile, so an object chained across a
+    whole scene costs a few numbers per tile here instead of its packed mask
+    (18 MB for 12000 x 12000 px). :attr:`bits` builds the packed union on demand.
+    """
+
+    __slots__ = ("store", "pieces", "_pieces", "_windows", "_window_set")
+
+    def __init__(
+        self,
+        category: int,
+        score: float,
+        box: Box,
+        windows: Sequence[Box],
+        pieces: Sequence[Tuple[Box, int]],
+        store: PieceStore,
+    ):
+        """
+        Args:
+            category, score, box, windows: see :class:`SceneInstance`.
+            pieces: (box, offset) of each piece: its tight box (inside ``box``) and where
+                its packed crop is in ``store``.
+            store: where the pieces are.
+        """
+        self.category, self.score, self.box, self.store = category, score, tuple(box), store
+        self.windows, self._windows, self._window_set = [], _BoxGrid(), set()
+        self.pieces, self._pieces = [], _BoxGrid()
+        self.extend(windows, pieces)
+
+    def extend(self, windows: Iterable[Box], pieces: Iterable[Tuple[Box, int]]) -> None:
+        """Add windows (those already held are skipped) and pieces; the box is not changed."""
+        for window in windows:
+            window = tuple(window)
+            if window not in self._window_set:
+                self._window_set.add(window)
+                self._windows.add(window)
+                self.windows.append(window)
+        for box, offset in pieces:
+            box = tuple(box)
+            self._pieces.add(box)
+            self.pieces.append((box, offset))
+
+    def windows_near(self, box: Box) -> List[Box]:
+        return [self.windows[i] for i in self._windows.near(box)]
+
+    def has_window(self, window: Box) -> bool:
+        return tuple(window) in self._window_set
+
+    def _piece_bits(self, index: int) -> np.ndarray:
+        box, offset = self.pieces[index]
+        return self.store.read(offset, (box[3] - box[1], -(-(box[2] - box[0]) // 8)))
+
+    def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        x0, y0 = self.box[:2]
+        region = (x0 + c0, y0 + r0, x0 + c1, y0 + r1)
+        out = np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=bool)
+        # _near also finds pieces that only touch the region (an empty intersection, skipped).
+        for i in self._pieces.near(region):
+            px0, py0, px1, py1 = self.pieces[i][0]
+            ix0, iy0, ix1, iy1 = _intersect((px0, py0, px1, py1), region)
+            if ix0 < ix1 and iy0 < iy1:
+                block = _unpack(self._piece_bits(i), iy0 - py0, iy1 - py0, ix0 - px0, ix1 - px0)
+                out[iy0 - region[1] : iy1 - region[1], ix0 - region[0] : ix1 - region[0]] |= block
+        return out
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The packed rows of the whole mask (built from the pieces; (h, ceil(w / 8)) bytes)."""
+        h, w = self.shape
+        bits = np.zeros((h, -(-w // 8)), dtype=np.uint8)
+        self.or_into(bits, 0, 0)
+        return bits
+
+    def or_into(self, bits: np.ndarray, dx: int, dy: int) -> None:
+        x0, y0 = self.box[:2]
+        for i, (box, _) in enumerate(self.pieces):
+            _or_packed(bits, self._piece_bits(i), box[2] - box[0], dx + box[0] - x0, dy + box[1] - y0)
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels (pieces may overlap: counted on the union, in bands of rows)."""
+        h, w = self.shape
+        step = max(1, _RLE_CHUNK_PIXELS // max(w, 1))
+        return sum(int(np.count_nonzero(self._block(r, min(r + step, h), 0, w))) for r in range(0, h, step))
 
 
 def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> List[Box]:
@@ -343,7 +531,7 @@ def _overlap_ratio(a: SceneInstance, b: SceneInstance, window: Box) -> float:
     if rx0 >= rx1 or ry0 >= ry1:
         return 0.0
     region = (rx0, ry0, rx1, ry1)
-    other = [w for w in a.windows if w != window and _near(w, region)]
+    other = [w for w in a.windows_near(region) if w != window]
     if not other:
         return 0.0
     seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
@@ -376,8 +564,16 @@ def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -
     return best
 
 
-def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
-    """The pieces as one instance: union of the masks (packed, never dense), box hull, best score."""
+def _union(parts: Sequence[SceneInstance], store: Optional[PieceStore] = None) -> SceneInstance:
+    """The pieces as one instance: union of the masks (packed, never dense), box hull, best score.
+
+    With a ``store``, the union is a :class:`SpilledInstance`: the parts' pieces,
+    those not yet in the store appended to it. The largest spilled part is
+    extended in place (the parts are consumed), so a chain across a scene
+    costs each piece once, not a copy of the whole object per new piece.
+    """
+    if store is not None:
+        return _spilled_union(parts, store)
     x0, y0, x1, y1 = _hull([p.box for p in parts])
     bits = np.zeros((y1 - y0, -(-(x1 - x0) // 8)), dtype=np.uint8)
     windows: List[Box] = []  # in order of first appearance, without repeats
@@ -390,19 +586,40 @@ def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
     )
 
 
+def _spilled_union(parts: Sequence[SceneInstance], store: PieceStore) -> SpilledInstance:
+    box = _hull([p.box for p in parts])
+    best = max(parts, key=lambda p: p.score)
+    spilled = [p for p in parts if isinstance(p, SpilledInstance) and p.store is store]
+    base = max(spilled, key=lambda p: len(p.pieces)) if spilled else None
+    if base is None:
+        base = SpilledInstance(best.category, best.score, box, [], [], store)
+    for p in parts:
+        if p is base:
+            continue
+        if isinstance(p, SpilledInstance) and p.store is store:
+            base.extend(p.windows, p.pieces)
+        else:
+            base.extend(p.windows, [(p.box, store.append(p.bits))])
+    base.category, base.score, base.box = best.category, best.score, box
+    return base
+
+
 class TileMerger:
     """Collects the instances of the tiles of a scene (row-major) and merges the pieces of each object."""
 
-    def __init__(self, *, match_threshold: float = 0.5):
+    def __init__(self, *, match_threshold: float = 0.5, store: Optional[PieceStore] = None):
         """
         Args:
             match_threshold: minimum overlap ratio (intersection over the smaller
                 mask, on the region both tiles saw) or contact ratio (along a
                 tile border) for two same-class instances to be one object.
+            store: where merged objects keep their pieces (:class:`SpilledInstance`);
+                None keeps each merged object's packed mask in memory.
         """
         if not 0.0 < match_threshold <= 1.0:
             raise ValueError(f"match_threshold must be in (0, 1], got {match_threshold}")
         self.match_threshold = match_threshold
+        self.store = store
         self._active: Dict[int, SceneInstance] = {}
         self._done: List[SceneInstance] = []
         self._next_id = 0
@@ -413,11 +630,11 @@ class TileMerger:
         ``a`` must not already hold a piece of ``window``: two instances of one
         tile are never one object, however they are linked.
         """
-        if a.category != b.category or not _near(a.box, b.box) or window in a.windows:
+        if a.category != b.category or not _near(a.box, b.box) or a.has_window(window):
             return 0.0
         overlap = _overlap_ratio(a, b, window)
         # Only a's windows next to b can carry a contact (an object may span many tiles).
-        a_windows = [w for w in a.windows if _near(w, b.box)]
+        a_windows = a.windows_near(b.box)
         contact = max(_contact_ratio(a, b, a_windows), _contact_ratio(b, a, [window]))
         return max(overlap, contact)
 
@@ -443,7 +660,7 @@ class TileMerger:
                     group.append(key)
                     tiles.update(candidates[key].windows)
             if group:
-                inst = _union([candidates.pop(key) for key in group] + [inst])
+                inst = _union([candidates.pop(key) for key in group] + [inst], self.store)
                 for key in group:
                     del self._active[key]
             key = self._next_id
