@@ -51,7 +51,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence,
 import numpy as np
 import torch
 from detectron2.structures import Instances
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 __all__ = [
@@ -200,43 +199,31 @@ class SceneInstance:
 
         COCO RLE counts alternate runs of 0 and 1 over the column-major
         flattening of the image. Runs of 1 are found column by column in
-        chunks of the crop (memory bounded by the chunk, not by the mask
-        area); in the flattening a crop pixel (row, col) sits at
-        (x0 + col) * H + (y0 + row).
+        chunks of the crop and encoded chunk by chunk (memory bounded by the
+        chunk, not by the mask area or its number of runs); in the
+        flattening a crop pixel (row, col) sits at (x0 + col) * H + (y0 + row).
         """
-        return _compress(self._runs(height, width, *self.box[:2]), height, width)
+        return {"size": [height, width], "counts": self._rle_counts(height, width, *self.box[:2])}
 
     def crop_rle(self) -> dict:
         """COCO compressed RLE of the crop alone (size [h, w]), as ``mask_util.encode`` of :attr:`mask`."""
         h, w = self.shape
-        return _compress(self._runs(h, w, 0, 0), h, w)
+        return {"size": [h, w], "counts": self._rle_counts(h, w, 0, 0)}
 
-    def _runs(self, height: int, width: int, x0: int, y0: int) -> List[int]:
-        """Uncompressed COCO counts of the crop placed at (x0, y0) in an H x W image."""
+    def _rle_counts(self, height: int, width: int, x0: int, y0: int) -> str:
+        """The compressed COCO counts string of the crop placed at (x0, y0) in an H x W image."""
         h, w = self.shape
         step = max(1, _RLE_CHUNK_PIXELS // max(h, 1))
-        starts, ends = [], []
+        encoder = _RleEncoder(height * width)
         for c in range(0, w, step):
             columns = np.zeros((min(step, w - c), h + 2), dtype=np.int8)
             columns[:, 1:-1] = self._block(0, h, c, min(c + step, w)).T
             edges = np.diff(columns, axis=1)  # +1 where a run of 1 starts, -1 after it ends
             col, row = np.nonzero(edges == 1)
-            starts.append((col + x0 + c) * height + row + y0)
+            starts = (col + x0 + c).astype(np.int64) * height + row + y0
             col, row = np.nonzero(edges == -1)
-            ends.append((col + x0 + c) * height + row + y0)
-        starts, ends = np.concatenate(starts), np.concatenate(ends)
-        if starts.size == 0:
-            return [height * width]
-        # A run reaching the bottom of the image continues at the top of the next column.
-        joined = starts[1:] == ends[:-1]
-        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
-        runs = np.empty(2 * starts.size + 1, dtype=np.int64)
-        runs[0] = starts[0]
-        runs[1:-1:2] = ends - starts
-        runs[2:-1:2] = starts[1:] - ends[:-1]
-        runs[-1] = height * width - ends[-1]
-        # pycocotools ends the counts with the last run: no empty run of 0 after a mask that fills the end.
-        return runs[:-1].tolist() if runs[-1] == 0 else runs.tolist()
+            encoder.add(starts, (col + x0 + c).astype(np.int64) * height + row + y0)
+        return encoder.finish()
 
     def to_full_mask(self, height: int, width: int) -> np.ndarray:
         """The mask in an H x W image (for small images and tests; tiled scenes should keep the crop)."""
@@ -269,10 +256,80 @@ def _or_packed(bits: np.ndarray, source: np.ndarray, width: int, dx: int, dy: in
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 
 
-def _compress(counts: List[int], height: int, width: int) -> dict:
-    rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+def _encode_counts(values: np.ndarray) -> bytes:
+    """pycocotools' ``rleToString`` for counts already differenced: 5 bits a character, least
+    significant first, 0x20 when more follow, offset by 48 ("0")."""
+    chars = np.zeros((values.size, 14), dtype=np.uint8)  # 14 x 5 bits hold any int64
+    x, more = values.astype(np.int64), np.ones(values.size, dtype=bool)
+    for k in range(chars.shape[1]):
+        if not more.any():
+            break
+        c = x & 0x1F
+        x = x >> 5  # arithmetic, as C's on a long
+        follows = np.where(c & 0x10, x != -1, x != 0)
+        chars[more, k] = (c | np.where(follows, 0x20, 0))[more] + 48
+        more &= follows
+    return chars[chars > 0].tobytes()
+
+
+class _RleEncoder:
+    """COCO compressed counts built from runs of 1 given in order, chunk by chunk.
+
+    Runs are (start, end) positions in the column-major flattening, end
+    exclusive; a run that ends where the next starts (the bottom of a column
+    and the top of the next) is one run, also across chunks. The counts are
+    differenced (count i minus count i - 2, from i = 3) and encoded as
+    pycocotools does, so only a chunk's runs are ever held as numbers.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._parts: List[bytes] = []
+        self._pending: Optional[Tuple[int, int]] = None  # the last run: the next chunk may continue it
+        self._end = 0  # end of the last run encoded
+        self._count = 0  # counts encoded
+        self._last = [0, 0]  # the last two counts encoded
+
+    def add(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        if starts.size == 0:
+            return
+        joined = starts[1:] == ends[:-1]
+        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
+        if self._pending is not None:
+            if starts[0] == self._pending[1]:
+                starts = starts.copy()
+                starts[0] = self._pending[0]
+            else:
+                starts, ends = np.r_[self._pending[0], starts], np.r_[self._pending[1], ends]
+        self._pending = (int(starts[-1]), int(ends[-1]))
+        self._encode(starts[:-1], ends[:-1])
+
+    def _encode(self, starts: np.ndarray, ends: np.ndarray, tail: Sequence[int] = ()) -> None:
+        counts = np.empty(2 * starts.size + len(tail), dtype=np.int64)
+        counts[0 : 2 * starts.size : 2] = starts - np.r_[self._end, ends[:-1]]
+        counts[1 : 2 * starts.size : 2] = ends - starts
+        counts[2 * starts.size :] = tail
+        if starts.size:
+            self._end = int(ends[-1])
+        if counts.size == 0:
+            return
+        both = np.r_[self._last, counts]
+        deltas = counts.copy()
+        first = max(0, 3 - self._count)  # counts 0, 1 and 2 are written as they are
+        deltas[first:] -= both[first : first + counts.size - first]
+        self._parts.append(_encode_counts(deltas))
+        self._last = both[-2:].tolist()
+        self._count += counts.size
+
+    def finish(self) -> str:
+        if self._pending is None:
+            self._encode(np.zeros(0, np.int64), np.zeros(0, np.int64), [self.size])
+        else:
+            start, end = self._pending
+            # pycocotools ends the counts with the last run: no empty run of 0 after a mask filling the end.
+            tail = [self.size - end] if end < self.size else []
+            self._encode(np.array([start]), np.array([end]), tail)
+        return b"".join(self._parts).decode("ascii")
 
 
 class PieceStore:
