@@ -44,6 +44,7 @@ neighbourhood of the current tile.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
@@ -165,6 +166,10 @@ class SceneInstance:
     def has_window(self, window: Box) -> bool:
         """Whether the instance holds a piece of ``window``."""
         return window in self.windows
+
+    @property
+    def window_count(self) -> int:
+        return len(self.windows)
 
     @property
     def area(self) -> int:
@@ -379,17 +384,21 @@ class PieceStore:
 
 
 class _BoxGrid:
-    """Boxes bucketed by the G x G cells they touch (edges included): which boxes are near a given one.
+    """Boxes in a growing int32 array, bucketed by the G x G cells they touch (edges included).
 
     An object chained across a scene holds thousands of tile windows and
     pieces, and the merger asks, for every new piece, which of them are next
-    to it; the grid answers from the few cells around it.
+    to it: the grid answers from the few cells around it. A box costs 16
+    bytes and 4 bytes per cell it touches, not Python tuples (which came to
+    about 0.7 KB per piece of a chain, 170 MB for the 60 chains of a
+    12000 x 12000 px scene at threshold 0).
     """
 
-    def __init__(self, cell: int = 256):
+    def __init__(self, cell: int = 512):
         self.cell = cell
-        self._cells: Dict[Tuple[int, int], List[int]] = {}
-        self.boxes: List[Box] = []
+        self.count = 0
+        self._boxes = np.empty((8, 4), dtype=np.int32)
+        self._cells: Dict[Tuple[int, int], array.array] = {}
 
     def _keys(self, box: Box) -> Iterable[Tuple[int, int]]:
         g = self.cell
@@ -398,28 +407,47 @@ class _BoxGrid:
                 yield cx, cy
 
     def add(self, box: Box) -> None:
-        """Add a box; its index is its position in :attr:`boxes`."""
+        """Add a box; its index is the count before."""
+        if self.count == len(self._boxes):
+            self._boxes = np.concatenate([self._boxes, np.empty_like(self._boxes)])
+        self._boxes[self.count] = box
         for key in self._keys(box):
-            self._cells.setdefault(key, []).append(len(self.boxes))
-        self.boxes.append(box)
+            self._cells.setdefault(key, array.array("i")).append(self.count)
+        self.count += 1
+
+    def box(self, index: int) -> Box:
+        return tuple(self._boxes[index].tolist())
+
+    def boxes(self) -> List[Box]:
+        """All boxes, in the order they were added."""
+        return [tuple(b) for b in self._boxes[: self.count].tolist()]
 
     def near(self, box: Box) -> List[int]:
         """Indices of the boxes that overlap or touch ``box``, increasing."""
-        found = {i for key in self._keys(box) for i in self._cells.get(key, ())}
-        return sorted(i for i in found if _near(self.boxes[i], box))
+        found = [self._cells[key] for key in self._keys(box) if key in self._cells]
+        if not found:
+            return []
+        index = np.unique(np.concatenate([np.frombuffer(a, dtype=np.intc) for a in found]))
+        b = self._boxes[index]
+        near = (b[:, 0] <= box[2]) & (box[0] <= b[:, 2]) & (b[:, 1] <= box[3]) & (box[1] <= b[:, 3])
+        return index[near].tolist()
+
+    def __contains__(self, box: Box) -> bool:
+        return any(self.box(i) == tuple(box) for i in self.near(box))
 
 
 class SpilledInstance(SceneInstance):
     """A merged object whose mask is the union of tile pieces kept in a :class:`PieceStore`.
 
     Only the pieces' boxes and offsets are in memory (and the windows, as for
-    any instance); reads unpack the pieces that meet the region read. A merged
-    object holds at most one piece per tile, so an object chained across a
-    whole scene costs a few numbers per tile here instead of its packed mask
-    (18 MB for 12000 x 12000 px). :attr:`bits` builds the packed union on demand.
+    any instance), in arrays; reads unpack the pieces that meet the region
+    read. A merged object holds at most one piece per tile, so an object
+    chained across a whole scene costs a few dozen bytes per tile here
+    instead of its packed mask (18 MB for 12000 x 12000 px). :attr:`bits`
+    builds the packed union, :attr:`windows` and :attr:`pieces` lists, on demand.
     """
 
-    __slots__ = ("store", "pieces", "_pieces", "_windows", "_window_set")
+    __slots__ = ("store", "_pieces", "_offsets", "_windows")
 
     def __init__(
         self,
@@ -438,43 +466,52 @@ class SpilledInstance(SceneInstance):
             store: where the pieces are.
         """
         self.category, self.score, self.box, self.store = category, score, tuple(box), store
-        self.windows, self._windows, self._window_set = [], _BoxGrid(), set()
-        self.pieces, self._pieces = [], _BoxGrid()
+        self._windows, self._pieces, self._offsets = _BoxGrid(), _BoxGrid(), array.array("q")
         self.extend(windows, pieces)
 
     def extend(self, windows: Iterable[Box], pieces: Iterable[Tuple[Box, int]]) -> None:
         """Add windows (those already held are skipped) and pieces; the box is not changed."""
         for window in windows:
-            window = tuple(window)
-            if window not in self._window_set:
-                self._window_set.add(window)
+            if window not in self._windows:
                 self._windows.add(window)
-                self.windows.append(window)
         for box, offset in pieces:
-            box = tuple(box)
             self._pieces.add(box)
-            self.pieces.append((box, offset))
+            self._offsets.append(offset)
+
+    @property
+    def windows(self) -> List[Box]:
+        return self._windows.boxes()
+
+    @property
+    def window_count(self) -> int:
+        return self._windows.count
+
+    @property
+    def pieces(self) -> List[Tuple[Box, int]]:
+        """(box, offset) of each piece, in the order they were added."""
+        return list(zip(self._pieces.boxes(), self._offsets))
 
     def windows_near(self, box: Box) -> List[Box]:
-        return [self.windows[i] for i in self._windows.near(box)]
+        return [self._windows.box(i) for i in self._windows.near(box)]
 
     def has_window(self, window: Box) -> bool:
-        return tuple(window) in self._window_set
+        return window in self._windows
 
-    def _piece_bits(self, index: int) -> np.ndarray:
-        box, offset = self.pieces[index]
-        return self.store.read(offset, (box[3] - box[1], -(-(box[2] - box[0]) // 8)))
+    def _piece_bits(self, index: int) -> Tuple[Box, np.ndarray]:
+        box = self._pieces.box(index)
+        shape = (box[3] - box[1], -(-(box[2] - box[0]) // 8))
+        return box, self.store.read(self._offsets[index], shape)
 
     def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         x0, y0 = self.box[:2]
         region = (x0 + c0, y0 + r0, x0 + c1, y0 + r1)
         out = np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=bool)
-        # _near also finds pieces that only touch the region (an empty intersection, skipped).
+        # near() also finds pieces that only touch the region (an empty intersection, skipped).
         for i in self._pieces.near(region):
-            px0, py0, px1, py1 = self.pieces[i][0]
+            (px0, py0, px1, py1), bits = self._piece_bits(i)
             ix0, iy0, ix1, iy1 = _intersect((px0, py0, px1, py1), region)
             if ix0 < ix1 and iy0 < iy1:
-                block = _unpack(self._piece_bits(i), iy0 - py0, iy1 - py0, ix0 - px0, ix1 - px0)
+                block = _unpack(bits, iy0 - py0, iy1 - py0, ix0 - px0, ix1 - px0)
                 out[iy0 - region[1] : iy1 - region[1], ix0 - region[0] : ix1 - region[0]] |= block
         return out
 
@@ -488,8 +525,9 @@ class SpilledInstance(SceneInstance):
 
     def or_into(self, bits: np.ndarray, dx: int, dy: int) -> None:
         x0, y0 = self.box[:2]
-        for i, (box, _) in enumerate(self.pieces):
-            _or_packed(bits, self._piece_bits(i), box[2] - box[0], dx + box[0] - x0, dy + box[1] - y0)
+        for i in range(self._pieces.count):
+            box, piece = self._piece_bits(i)
+            _or_packed(bits, piece, box[2] - box[0], dx + box[0] - x0, dy + box[1] - y0)
 
     @property
     def area(self) -> int:
@@ -621,6 +659,12 @@ def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -
     return best
 
 
+def _share_a_window(a: SceneInstance, b: SceneInstance) -> bool:
+    """Whether two instances hold a piece of one tile (the smaller's windows looked up in the other)."""
+    small, large = (a, b) if a.window_count <= b.window_count else (b, a)
+    return any(large.has_window(w) for w in small.windows)
+
+
 def _union(parts: Sequence[SceneInstance], store: Optional[PieceStore] = None) -> SceneInstance:
     """The pieces as one instance: union of the masks (packed, never dense), box hull, best score.
 
@@ -647,7 +691,7 @@ def _spilled_union(parts: Sequence[SceneInstance], store: PieceStore) -> Spilled
     box = _hull([p.box for p in parts])
     best = max(parts, key=lambda p: p.score)
     spilled = [p for p in parts if isinstance(p, SpilledInstance) and p.store is store]
-    base = max(spilled, key=lambda p: len(p.pieces)) if spilled else None
+    base = max(spilled, key=lambda p: p.window_count) if spilled else None
     if base is None:
         base = SpilledInstance(best.category, best.score, box, [], [], store)
     for p in parts:
@@ -711,11 +755,11 @@ class TileMerger:
             ranked = sorted(
                 (key for key, r in ratios.items() if r >= self.match_threshold), key=lambda k: -ratios[k]
             )
-            group, tiles = [], set(inst.windows)
+            group, members = [], [inst]
             for key in ranked:
-                if tiles.isdisjoint(candidates[key].windows):
+                if not any(_share_a_window(candidates[key], m) for m in members):
                     group.append(key)
-                    tiles.update(candidates[key].windows)
+                    members.append(candidates[key])
             if group:
                 inst = _union([candidates.pop(key) for key in group] + [inst], self.store)
                 for key in group:
