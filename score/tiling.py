@@ -40,6 +40,13 @@ what it has already joined. A match is replaced by the union of the masks
 instance whose box ends above the current row of tiles can match nothing
 any more and leaves the working set, which keeps the pairwise checks to the
 neighbourhood of the current tile.
+
+Given a :class:`PieceStore`, the merger keeps each merged object as its
+pieces (:class:`SpilledInstance`): the packed crops in a file, their boxes and
+offsets in memory. A weak model at threshold 0 chains ragged pieces across
+the whole scene, and such objects stay open until the last tile; as pieces
+they cost a few dozen bytes per tile instead of their packed masks. The
+results are the same as with the masks in memory.
 """
 
 from __future__ import annotations
