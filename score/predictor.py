@@ -257,7 +257,8 @@ def coco_annotations(
 
 def _outline(inst: SceneInstance, scale: float) -> List[np.ndarray]:
     """Outer contours of the cropped mask as flat [x, y, ...] arrays in (scaled) image coordinates."""
-    contours, _ = cv2.findContours(inst.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # The bool mask seen as 0 / 1 bytes: no second copy of a scene-sized mask.
+    contours, _ = cv2.findContours(inst.mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     x0, y0 = inst.box[:2]
     polygons = []
     for contour in contours:

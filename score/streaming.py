@@ -11,7 +11,11 @@ so it is final. Final instances are written at once (COCO result, GeoJSON
 Feature, overlay) and dropped; the merger keeps only the pieces that reach
 row r (the bottom band of the previous row, where they may still join a
 piece of row r). Memory is thus bounded by two rows of tiles and the objects
-crossing them, not by the number of detections.
+crossing them, not by the number of detections. A merged object keeps its
+tile pieces in a file (:class:`score.tiling.PieceStore`), with only their
+boxes and offsets in memory: objects that chain across the whole scene (a
+weak model at threshold 0) stay open until the end, and their masks, even
+bit-packed, would grow with the scene.
 
 After each finished row the stream writes a checkpoint: the files are
 flushed, the held pieces and the overlay so far are saved, and the manifest
@@ -29,6 +33,7 @@ Files under the output folder, for a scene whose output stem is ``S``::
     scenes/S/detections.jsonl   COCO results (no "id"), one per line, as instances become final
     scenes/S/progress.jsonl     one line per tile: index, window, detections, best score, seconds
     scenes/S/held.<r>.jsonl     pieces still held after r rows (removed when the scene is done)
+    scenes/S/pieces.bin         packed tile pieces of merged objects (removed when the scene is done)
     scenes/S/overlay.<r>.png    the overlay drawn after r rows (removed when the scene is done)
     scenes/S/tiles.<k>-of-<n>.jsonl   tile pieces predicted by rank k of n (sharded rows only)
     geojson/S.geojsonl          newline-delimited GeoJSON Features, as instances become final
@@ -56,7 +61,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from .geo import FeatureMaker
-from .tiling import Box, SceneInstance, TileMerger, instances_to_scene
+from .tiling import Box, PieceStore, SceneInstance, SpilledInstance, TileMerger, instances_to_scene
 
 __all__ = [
     "SceneStream",
@@ -76,7 +81,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+# 2: merged objects held as pieces in pieces.bin (its length in "lengths").
+MANIFEST_VERSION = 2
 _STREAMS = ("detections", "progress", "features")
 
 
@@ -100,7 +106,19 @@ def state_dict_digest(model: torch.nn.Module) -> str:
 
 
 def instance_record(inst: SceneInstance) -> dict:
-    """A JSON-ready record of an instance: the cropped mask as COCO RLE (exact round trip)."""
+    """A JSON-ready record of an instance: the cropped mask as COCO RLE (exact round trip).
+
+    A :class:`SpilledInstance` is recorded as its pieces' boxes and offsets
+    (its pieces stay in its store).
+    """
+    if isinstance(inst, SpilledInstance):
+        return {
+            "category": inst.category,
+            "score": inst.score,
+            "box": list(inst.box),
+            "pieces": [[*box, offset] for box, offset in inst.pieces],
+            "windows": [list(w) for w in inst.windows],
+        }
     rle = inst.crop_rle()  # from the packed crop, in column bands: no dense copy of the mask
     return {
         "category": inst.category,
@@ -111,8 +129,19 @@ def instance_record(inst: SceneInstance) -> dict:
     }
 
 
-def instance_from_record(record: dict) -> SceneInstance:
-    """The instance of :func:`instance_record`."""
+def instance_from_record(record: dict, store: Optional[PieceStore] = None) -> SceneInstance:
+    """The instance of :func:`instance_record` (``store``: the one its pieces are in, if it has pieces)."""
+    if "pieces" in record:
+        if store is None:
+            raise ValueError("a record of pieces needs the store they are in")
+        return SpilledInstance(
+            category=int(record["category"]),
+            score=float(record["score"]),
+            box=tuple(record["box"]),
+            windows=[tuple(w) for w in record["windows"]],
+            pieces=[(tuple(p[:4]), int(p[4])) for p in record["pieces"]],
+            store=store,
+        )
     rle = {"size": record["mask"]["size"], "counts": record["mask"]["counts"].encode("ascii")}
     return SceneInstance(
         category=int(record["category"]),
@@ -206,7 +235,10 @@ class SceneStream:
             "features": os.path.join(output, "geojson", stem + ".geojsonl"),
             "collection": os.path.join(output, "geojson", stem + ".geojson"),
             "overlay": os.path.join(output, "visualizations", stem + ".jpg"),
+            "pieces": os.path.join(self.folder, "pieces.bin"),
         }
+        self.match_threshold = match_threshold
+        self.store: Optional[PieceStore] = None
         self.merger = TileMerger(match_threshold=match_threshold)
         self.start_tile = 0
         self.rows_done = 0
@@ -246,6 +278,8 @@ class SceneStream:
         if canvas is not None and self._canvas is None:
             self._canvas, self._scale = canvas()
         self._next = self.start_tile
+        if self.store is None:
+            self._open_store()
         self._open_files()
         if not self.resumed:  # a manifest from the start: the folder is known to be this run's
             self._checkpoint(0)
@@ -298,11 +332,19 @@ class SceneStream:
                 self._reset_counts()
                 return
             os.truncate(path, length)
+        pieces = manifest["lengths"]["pieces"]
+        if not os.path.isfile(self.paths["pieces"]) or os.path.getsize(self.paths["pieces"]) < pieces:
+            logger.warning(
+                "%s is shorter than the manifest says; starting the scene over", self.paths["pieces"]
+            )
+            self._reset_counts()
+            return
+        self._open_store(pieces)
         self._held_file = manifest["held"]
         held = []
         for line in _read_lines(os.path.join(self.folder, self._held_file)):
             entry = json.loads(line)
-            held.append((entry["key"], instance_from_record(entry["instance"])))
+            held.append((entry["key"], instance_from_record(entry["instance"], self.store)))
         self.merger.restore(held, manifest["next_key"])
         self._overlay_file = manifest.get("overlay")
         if self._overlay_file is not None:
@@ -332,9 +374,13 @@ class SceneStream:
         for name in os.listdir(self.folder):
             if name.startswith(("held.", "overlay.", "manifest.")):
                 os.remove(os.path.join(self.folder, name))
-        for name in _STREAMS:
+        for name in (*_STREAMS, "pieces"):
             if os.path.exists(self.paths[name]):
                 os.remove(self.paths[name])
+
+    def _open_store(self, length: Optional[int] = None) -> None:
+        self.store = PieceStore(self.paths["pieces"], length)
+        self.merger = TileMerger(match_threshold=self.match_threshold, store=self.store)
 
     def _open_files(self) -> None:
         names = [n for n in _STREAMS if n != "features" or self.features is not None]
@@ -417,6 +463,8 @@ class SceneStream:
                 f.flush()
                 os.fsync(f.fileno())
             lengths[name] = os.path.getsize(self.paths[name]) if f is not None else 0
+        self.store.sync()
+        lengths["pieces"] = self.store.length
         return lengths
 
     def _checkpoint(self, rows_done: int) -> None:
@@ -477,6 +525,7 @@ class SceneStream:
         for f in self._files.values():
             f.close()
         self._files = {}
+        self.store.close()
         if self.features is not None:
             write_feature_collection(self.paths["features"], self.features.header(), self.paths["collection"])
         if self._canvas is not None:
@@ -488,6 +537,7 @@ class SceneStream:
         for name in old:
             if name is not None:
                 os.remove(os.path.join(self.folder, name))
+        os.remove(self.paths["pieces"])
         self.complete = True
 
 

@@ -40,23 +40,33 @@ what it has already joined. A match is replaced by the union of the masks
 instance whose box ends above the current row of tiles can match nothing
 any more and leaves the working set, which keeps the pairwise checks to the
 neighbourhood of the current tile.
+
+Given a :class:`PieceStore`, the merger keeps each merged object as its
+pieces (:class:`SpilledInstance`): the packed crops in a file, their boxes and
+offsets in memory. A weak model at threshold 0 chains ragged pieces across
+the whole scene, and such objects stay open until the last tile; as pieces
+they cost a few dozen bytes per tile instead of their packed masks. The
+results are the same as with the masks in memory.
 """
 
 from __future__ import annotations
 
+import array
 import logging
+import os
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from detectron2.structures import Instances
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 __all__ = [
     "ArrayReader",
+    "PieceStore",
     "SceneInstance",
     "SceneReader",
+    "SpilledInstance",
     "TileMerger",
     "instances_to_scene",
     "tile_windows",
@@ -154,9 +164,19 @@ class SceneInstance:
 
     def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Crop rows [r0, r1) x columns [c0, c1), unpacked: bool (r1 - r0, c1 - c0)."""
-        b0 = c0 // 8
-        block = np.unpackbits(self.bits[r0:r1, b0 : -(-c1 // 8)], axis=1)
-        return block[:, c0 - 8 * b0 : c1 - 8 * b0].view(bool)
+        return _unpack(self.bits, r0, r1, c0, c1)
+
+    def windows_near(self, box: Box) -> List[Box]:
+        """The windows of :attr:`windows` that overlap or touch ``box``."""
+        return [w for w in self.windows if _near(w, box)]
+
+    def has_window(self, window: Box) -> bool:
+        """Whether the instance holds a piece of ``window``."""
+        return window in self.windows
+
+    @property
+    def window_count(self) -> int:
+        return len(self.windows)
 
     @property
     def area(self) -> int:
@@ -179,17 +199,7 @@ class SceneInstance:
         A byte-aligned ``dx`` ORs the bytes as they are; otherwise bands of
         rows are unpacked, moved by ``dx % 8`` bits and packed again.
         """
-        h, w = self.shape
-        b0, shift = divmod(dx, 8)
-        if shift == 0:
-            bits[dy : dy + h, b0 : b0 + self.bits.shape[1]] |= self.bits
-            return
-        step = max(1, _RLE_CHUNK_PIXELS // max(w, 1))
-        width = -(-(w + shift) // 8)
-        for r in range(0, h, step):
-            rows = np.zeros((min(step, h - r), w + shift), dtype=np.uint8)
-            rows[:, shift:] = np.unpackbits(self.bits[r : r + step], axis=1, count=w)
-            bits[dy + r : dy + r + len(rows), b0 : b0 + width] |= np.packbits(rows, axis=1)
+        _or_packed(bits, self.bits, self.shape[1], dx, dy)
 
     def bbox_xywh(self) -> List[float]:
         """COCO box [x, y, width, height] of the mask (pixel edges)."""
@@ -201,57 +211,337 @@ class SceneInstance:
 
         COCO RLE counts alternate runs of 0 and 1 over the column-major
         flattening of the image. Runs of 1 are found column by column in
-        chunks of the crop (memory bounded by the chunk, not by the mask
-        area); in the flattening a crop pixel (row, col) sits at
-        (x0 + col) * H + (y0 + row).
+        chunks of the crop and encoded chunk by chunk (memory bounded by the
+        chunk, not by the mask area or its number of runs); in the
+        flattening a crop pixel (row, col) sits at (x0 + col) * H + (y0 + row).
         """
-        return _compress(self._runs(height, width, *self.box[:2]), height, width)
+        return {"size": [height, width], "counts": self._rle_counts(height, width, *self.box[:2])}
 
     def crop_rle(self) -> dict:
         """COCO compressed RLE of the crop alone (size [h, w]), as ``mask_util.encode`` of :attr:`mask`."""
         h, w = self.shape
-        return _compress(self._runs(h, w, 0, 0), h, w)
+        return {"size": [h, w], "counts": self._rle_counts(h, w, 0, 0)}
 
-    def _runs(self, height: int, width: int, x0: int, y0: int) -> List[int]:
-        """Uncompressed COCO counts of the crop placed at (x0, y0) in an H x W image."""
+    def _rle_counts(self, height: int, width: int, x0: int, y0: int) -> str:
+        """The compressed COCO counts string of the crop placed at (x0, y0) in an H x W image."""
         h, w = self.shape
         step = max(1, _RLE_CHUNK_PIXELS // max(h, 1))
-        starts, ends = [], []
+        encoder = _RleEncoder(height * width)
         for c in range(0, w, step):
             columns = np.zeros((min(step, w - c), h + 2), dtype=np.int8)
             columns[:, 1:-1] = self._block(0, h, c, min(c + step, w)).T
             edges = np.diff(columns, axis=1)  # +1 where a run of 1 starts, -1 after it ends
             col, row = np.nonzero(edges == 1)
-            starts.append((col + x0 + c) * height + row + y0)
+            starts = (col + x0 + c).astype(np.int64) * height + row + y0
             col, row = np.nonzero(edges == -1)
-            ends.append((col + x0 + c) * height + row + y0)
-        starts, ends = np.concatenate(starts), np.concatenate(ends)
-        if starts.size == 0:
-            return [height * width]
-        # A run reaching the bottom of the image continues at the top of the next column.
-        joined = starts[1:] == ends[:-1]
-        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
-        runs = np.empty(2 * starts.size + 1, dtype=np.int64)
-        runs[0] = starts[0]
-        runs[1:-1:2] = ends - starts
-        runs[2:-1:2] = starts[1:] - ends[:-1]
-        runs[-1] = height * width - ends[-1]
-        # pycocotools ends the counts with the last run: no empty run of 0 after a mask that fills the end.
-        return runs[:-1].tolist() if runs[-1] == 0 else runs.tolist()
+            encoder.add(starts, (col + x0 + c).astype(np.int64) * height + row + y0)
+        return encoder.finish()
 
     def to_full_mask(self, height: int, width: int) -> np.ndarray:
         """The mask in an H x W image (for small images and tests; tiled scenes should keep the crop)."""
         return self.region(0, 0, width, height)
 
 
+def _unpack(bits: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows [r0, r1) x columns [c0, c1) of packed rows ``bits``, unpacked: bool (r1 - r0, c1 - c0)."""
+    b0 = c0 // 8
+    block = np.unpackbits(bits[r0:r1, b0 : -(-c1 // 8)], axis=1)
+    return block[:, c0 - 8 * b0 : c1 - 8 * b0].view(bool)
+
+
+def _or_packed(bits: np.ndarray, source: np.ndarray, width: int, dx: int, dy: int) -> None:
+    """OR packed rows ``source`` (``width`` px) into packed rows ``bits`` at column ``dx``, row ``dy``."""
+    h = source.shape[0]
+    b0, shift = divmod(dx, 8)
+    if shift == 0:
+        bits[dy : dy + h, b0 : b0 + source.shape[1]] |= source
+        return
+    step = max(1, _RLE_CHUNK_PIXELS // max(width, 1))
+    packed_width = -(-(width + shift) // 8)
+    for r in range(0, h, step):
+        rows = np.zeros((min(step, h - r), width + shift), dtype=np.uint8)
+        rows[:, shift:] = np.unpackbits(source[r : r + step], axis=1, count=width)
+        bits[dy + r : dy + r + len(rows), b0 : b0 + packed_width] |= np.packbits(rows, axis=1)
+
+
 # Set bits of each byte value, for counting mask pixels in packed rows.
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 
 
-def _compress(counts: List[int], height: int, width: int) -> dict:
-    rle = mask_util.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+def _encode_counts(values: np.ndarray) -> bytes:
+    """pycocotools' ``rleToString`` for counts already differenced: 5 bits a character, least
+    significant first, 0x20 when more follow, offset by 48 ("0")."""
+    chars = np.zeros((values.size, 14), dtype=np.uint8)  # 14 x 5 bits hold any int64
+    x, more = values.astype(np.int64), np.ones(values.size, dtype=bool)
+    for k in range(chars.shape[1]):
+        if not more.any():
+            break
+        c = x & 0x1F
+        x = x >> 5  # arithmetic, as C's on a long
+        follows = np.where(c & 0x10, x != -1, x != 0)
+        chars[more, k] = (c | np.where(follows, 0x20, 0))[more] + 48
+        more &= follows
+    return chars[chars > 0].tobytes()
+
+
+class _RleEncoder:
+    """COCO compressed counts built from runs of 1 given in order, chunk by chunk.
+
+    Runs are (start, end) positions in the column-major flattening, end
+    exclusive; a run that ends where the next starts (the bottom of a column
+    and the top of the next) is one run, also across chunks. The counts are
+    differenced (count i minus count i - 2, from i = 3) and encoded as
+    pycocotools does, so only a chunk's runs are ever held as numbers.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._parts: List[bytes] = []
+        self._pending: Optional[Tuple[int, int]] = None  # the last run: the next chunk may continue it
+        self._end = 0  # end of the last run encoded
+        self._count = 0  # counts encoded
+        self._last = [0, 0]  # the last two counts encoded
+
+    def add(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        if starts.size == 0:
+            return
+        joined = starts[1:] == ends[:-1]
+        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
+        if self._pending is not None:
+            if starts[0] == self._pending[1]:
+                starts = starts.copy()
+                starts[0] = self._pending[0]
+            else:
+                starts, ends = np.r_[self._pending[0], starts], np.r_[self._pending[1], ends]
+        self._pending = (int(starts[-1]), int(ends[-1]))
+        self._encode(starts[:-1], ends[:-1])
+
+    def _encode(self, starts: np.ndarray, ends: np.ndarray, tail: Sequence[int] = ()) -> None:
+        counts = np.empty(2 * starts.size + len(tail), dtype=np.int64)
+        counts[0 : 2 * starts.size : 2] = starts - np.r_[self._end, ends[:-1]]
+        counts[1 : 2 * starts.size : 2] = ends - starts
+        counts[2 * starts.size :] = tail
+        if starts.size:
+            self._end = int(ends[-1])
+        if counts.size == 0:
+            return
+        both = np.r_[self._last, counts]
+        deltas = counts.copy()
+        first = max(0, 3 - self._count)  # counts 0, 1 and 2 are written as they are
+        deltas[first:] -= both[first : first + counts.size - first]
+        self._parts.append(_encode_counts(deltas))
+        self._last = both[-2:].tolist()
+        self._count += counts.size
+
+    def finish(self) -> str:
+        if self._pending is None:
+            self._encode(np.zeros(0, np.int64), np.zeros(0, np.int64), [self.size])
+        else:
+            start, end = self._pending
+            # pycocotools ends the counts with the last run: no empty run of 0 after a mask filling the end.
+            tail = [self.size - end] if end < self.size else []
+            self._encode(np.array([start]), np.array([end]), tail)
+        return b"".join(self._parts).decode("ascii")
+
+
+class PieceStore:
+    """Packed tile pieces appended to a file and read back by offset: where merged objects keep their masks.
+
+    A piece is a tile instance's packed crop (at most T x T / 8 bytes). The
+    file is append-only, so its length is a checkpoint: a resumed scene cuts
+    it back to the length its manifest recorded. Pieces are never rewritten,
+    also those of objects already written out; the file is removed with the
+    scene's other temporary files.
+    """
+
+    def __init__(self, path: str, length: Optional[int] = None):
+        """
+        Args:
+            path: the file (created when missing).
+            length: cut the file back to this many bytes (a checkpoint); None keeps it whole.
+        """
+        self.path = path
+        # Unbuffered: a piece is readable (os.pread) as soon as it is appended.
+        self._file = open(path, "a+b", buffering=0)
+        if length is not None:
+            if os.path.getsize(path) < length:
+                raise ValueError(f"{path} is shorter than {length} bytes")
+            os.truncate(path, length)
+        self.length = os.path.getsize(path)
+
+    def append(self, bits: np.ndarray) -> int:
+        """Store packed rows; their offset in the file."""
+        offset = self.length
+        data = np.ascontiguousarray(bits, dtype=np.uint8).tobytes()
+        self._file.write(data)
+        self.length += len(data)
+        return offset
+
+    def read(self, offset: int, shape: Tuple[int, int]) -> np.ndarray:
+        """The packed rows of ``shape`` (rows, bytes) stored at ``offset`` (read-only)."""
+        data = os.pread(self._file.fileno(), shape[0] * shape[1], offset)
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+    def sync(self) -> None:
+        """Make what was appended durable (before a checkpoint records :attr:`length`)."""
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _BoxGrid:
+    """Boxes in a growing int32 array, bucketed by the G x G cells they touch (edges included).
+
+    An object chained across a scene holds thousands of tile windows and
+    pieces, and the merger asks, for every new piece, which of them are next
+    to it: the grid answers from the few cells around it. A box costs 16
+    bytes and 4 bytes per cell it touches, not Python tuples (which came to
+    about 0.7 KB per piece of a chain, 170 MB for the 60 chains of a
+    12000 x 12000 px scene at threshold 0).
+    """
+
+    def __init__(self, cell: int = 512):
+        self.cell = cell
+        self.count = 0
+        self._boxes = np.empty((8, 4), dtype=np.int32)
+        self._cells: Dict[Tuple[int, int], array.array] = {}
+
+    def _keys(self, box: Box) -> Iterable[Tuple[int, int]]:
+        g = self.cell
+        for cy in range(box[1] // g, box[3] // g + 1):
+            for cx in range(box[0] // g, box[2] // g + 1):
+                yield cx, cy
+
+    def add(self, box: Box) -> None:
+        """Add a box; its index is the count before."""
+        if self.count == len(self._boxes):
+            self._boxes = np.concatenate([self._boxes, np.empty_like(self._boxes)])
+        self._boxes[self.count] = box
+        for key in self._keys(box):
+            self._cells.setdefault(key, array.array("i")).append(self.count)
+        self.count += 1
+
+    def box(self, index: int) -> Box:
+        return tuple(self._boxes[index].tolist())
+
+    def boxes(self) -> List[Box]:
+        """All boxes, in the order they were added."""
+        return [tuple(b) for b in self._boxes[: self.count].tolist()]
+
+    def near(self, box: Box) -> List[int]:
+        """Indices of the boxes that overlap or touch ``box``, increasing."""
+        found = [self._cells[key] for key in self._keys(box) if key in self._cells]
+        if not found:
+            return []
+        index = np.unique(np.concatenate([np.frombuffer(a, dtype=np.intc) for a in found]))
+        b = self._boxes[index]
+        near = (b[:, 0] <= box[2]) & (box[0] <= b[:, 2]) & (b[:, 1] <= box[3]) & (box[1] <= b[:, 3])
+        return index[near].tolist()
+
+    def __contains__(self, box: Box) -> bool:
+        return any(self.box(i) == tuple(box) for i in self.near(box))
+
+
+class SpilledInstance(SceneInstance):
+    """A merged object whose mask is the union of tile pieces kept in a :class:`PieceStore`.
+
+    Only the pieces' boxes and offsets are in memory (and the windows, as for
+    any instance), in arrays; reads unpack the pieces that meet the region
+    read. A merged object holds at most one piece per tile, so an object
+    chained across a whole scene costs a few dozen bytes per tile here
+    instead of its packed mask (18 MB for 12000 x 12000 px). :attr:`bits`
+    builds the packed union, :attr:`windows` and :attr:`pieces` lists, on demand.
+    """
+
+    __slots__ = ("store", "_pieces", "_offsets", "_windows")
+
+    def __init__(
+        self,
+        category: int,
+        score: float,
+        box: Box,
+        windows: Sequence[Box],
+        pieces: Sequence[Tuple[Box, int]],
+        store: PieceStore,
+    ):
+        """
+        Args:
+            category, score, box, windows: see :class:`SceneInstance`.
+            pieces: (box, offset) of each piece: its tight box (inside ``box``) and where
+                its packed crop is in ``store``.
+            store: where the pieces are.
+        """
+        self.category, self.score, self.box, self.store = category, score, tuple(box), store
+        self._windows, self._pieces, self._offsets = _BoxGrid(), _BoxGrid(), array.array("q")
+        self.extend(windows, pieces)
+
+    def extend(self, windows: Iterable[Box], pieces: Iterable[Tuple[Box, int]]) -> None:
+        """Add windows (those already held are skipped) and pieces; the box is not changed."""
+        for window in windows:
+            if window not in self._windows:
+                self._windows.add(window)
+        for box, offset in pieces:
+            self._pieces.add(box)
+            self._offsets.append(offset)
+
+    @property
+    def windows(self) -> List[Box]:
+        return self._windows.boxes()
+
+    @property
+    def window_count(self) -> int:
+        return self._windows.count
+
+    @property
+    def pieces(self) -> List[Tuple[Box, int]]:
+        """(box, offset) of each piece, in the order they were added."""
+        return list(zip(self._pieces.boxes(), self._offsets))
+
+    def windows_near(self, box: Box) -> List[Box]:
+        return [self._windows.box(i) for i in self._windows.near(box)]
+
+    def has_window(self, window: Box) -> bool:
+        return window in self._windows
+
+    def _piece_bits(self, index: int) -> Tuple[Box, np.ndarray]:
+        box = self._pieces.box(index)
+        shape = (box[3] - box[1], -(-(box[2] - box[0]) // 8))
+        return box, self.store.read(self._offsets[index], shape)
+
+    def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        x0, y0 = self.box[:2]
+        region = (x0 + c0, y0 + r0, x0 + c1, y0 + r1)
+        out = np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=bool)
+        # near() also finds pieces that only touch the region (an empty intersection, skipped).
+        for i in self._pieces.near(region):
+            (px0, py0, px1, py1), bits = self._piece_bits(i)
+            ix0, iy0, ix1, iy1 = _intersect((px0, py0, px1, py1), region)
+            if ix0 < ix1 and iy0 < iy1:
+                block = _unpack(bits, iy0 - py0, iy1 - py0, ix0 - px0, ix1 - px0)
+                out[iy0 - region[1] : iy1 - region[1], ix0 - region[0] : ix1 - region[0]] |= block
+        return out
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The packed rows of the whole mask (built from the pieces; (h, ceil(w / 8)) bytes)."""
+        h, w = self.shape
+        bits = np.zeros((h, -(-w // 8)), dtype=np.uint8)
+        self.or_into(bits, 0, 0)
+        return bits
+
+    def or_into(self, bits: np.ndarray, dx: int, dy: int) -> None:
+        x0, y0 = self.box[:2]
+        for i in range(self._pieces.count):
+            box, piece = self._piece_bits(i)
+            _or_packed(bits, piece, box[2] - box[0], dx + box[0] - x0, dy + box[1] - y0)
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels (pieces may overlap: counted on the union, in bands of rows)."""
+        h, w = self.shape
+        step = max(1, _RLE_CHUNK_PIXELS // max(w, 1))
+        return sum(int(np.count_nonzero(self._block(r, min(r + step, h), 0, w))) for r in range(0, h, step))
 
 
 def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> List[Box]:
@@ -343,7 +633,7 @@ def _overlap_ratio(a: SceneInstance, b: SceneInstance, window: Box) -> float:
     if rx0 >= rx1 or ry0 >= ry1:
         return 0.0
     region = (rx0, ry0, rx1, ry1)
-    other = [w for w in a.windows if w != window and _near(w, region)]
+    other = [w for w in a.windows_near(region) if w != window]
     if not other:
         return 0.0
     seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
@@ -376,8 +666,22 @@ def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -
     return best
 
 
-def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
-    """The pieces as one instance: union of the masks (packed, never dense), box hull, best score."""
+def _share_a_window(a: SceneInstance, b: SceneInstance) -> bool:
+    """Whether two instances hold a piece of one tile (the smaller's windows looked up in the other)."""
+    small, large = (a, b) if a.window_count <= b.window_count else (b, a)
+    return any(large.has_window(w) for w in small.windows)
+
+
+def _union(parts: Sequence[SceneInstance], store: Optional[PieceStore] = None) -> SceneInstance:
+    """The pieces as one instance: union of the masks (packed, never dense), box hull, best score.
+
+    With a ``store``, the union is a :class:`SpilledInstance`: the parts' pieces,
+    those not yet in the store appended to it. The largest spilled part is
+    extended in place (the parts are consumed), so a chain across a scene
+    costs each piece once, not a copy of the whole object per new piece.
+    """
+    if store is not None:
+        return _spilled_union(parts, store)
     x0, y0, x1, y1 = _hull([p.box for p in parts])
     bits = np.zeros((y1 - y0, -(-(x1 - x0) // 8)), dtype=np.uint8)
     windows: List[Box] = []  # in order of first appearance, without repeats
@@ -390,19 +694,40 @@ def _union(parts: Sequence[SceneInstance]) -> SceneInstance:
     )
 
 
+def _spilled_union(parts: Sequence[SceneInstance], store: PieceStore) -> SpilledInstance:
+    box = _hull([p.box for p in parts])
+    best = max(parts, key=lambda p: p.score)
+    spilled = [p for p in parts if isinstance(p, SpilledInstance) and p.store is store]
+    base = max(spilled, key=lambda p: p.window_count) if spilled else None
+    if base is None:
+        base = SpilledInstance(best.category, best.score, box, [], [], store)
+    for p in parts:
+        if p is base:
+            continue
+        if isinstance(p, SpilledInstance) and p.store is store:
+            base.extend(p.windows, p.pieces)
+        else:
+            base.extend(p.windows, [(p.box, store.append(p.bits))])
+    base.category, base.score, base.box = best.category, best.score, box
+    return base
+
+
 class TileMerger:
     """Collects the instances of the tiles of a scene (row-major) and merges the pieces of each object."""
 
-    def __init__(self, *, match_threshold: float = 0.5):
+    def __init__(self, *, match_threshold: float = 0.5, store: Optional[PieceStore] = None):
         """
         Args:
             match_threshold: minimum overlap ratio (intersection over the smaller
                 mask, on the region both tiles saw) or contact ratio (along a
                 tile border) for two same-class instances to be one object.
+            store: where merged objects keep their pieces (:class:`SpilledInstance`);
+                None keeps each merged object's packed mask in memory.
         """
         if not 0.0 < match_threshold <= 1.0:
             raise ValueError(f"match_threshold must be in (0, 1], got {match_threshold}")
         self.match_threshold = match_threshold
+        self.store = store
         self._active: Dict[int, SceneInstance] = {}
         self._done: List[SceneInstance] = []
         self._next_id = 0
@@ -413,11 +738,11 @@ class TileMerger:
         ``a`` must not already hold a piece of ``window``: two instances of one
         tile are never one object, however they are linked.
         """
-        if a.category != b.category or not _near(a.box, b.box) or window in a.windows:
+        if a.category != b.category or not _near(a.box, b.box) or a.has_window(window):
             return 0.0
         overlap = _overlap_ratio(a, b, window)
         # Only a's windows next to b can carry a contact (an object may span many tiles).
-        a_windows = [w for w in a.windows if _near(w, b.box)]
+        a_windows = a.windows_near(b.box)
         contact = max(_contact_ratio(a, b, a_windows), _contact_ratio(b, a, [window]))
         return max(overlap, contact)
 
@@ -437,13 +762,13 @@ class TileMerger:
             ranked = sorted(
                 (key for key, r in ratios.items() if r >= self.match_threshold), key=lambda k: -ratios[k]
             )
-            group, tiles = [], set(inst.windows)
+            group, members = [], [inst]
             for key in ranked:
-                if tiles.isdisjoint(candidates[key].windows):
+                if not any(_share_a_window(candidates[key], m) for m in members):
                     group.append(key)
-                    tiles.update(candidates[key].windows)
+                    members.append(candidates[key])
             if group:
-                inst = _union([candidates.pop(key) for key in group] + [inst])
+                inst = _union([candidates.pop(key) for key in group] + [inst], self.store)
                 for key in group:
                     del self._active[key]
             key = self._next_id

@@ -103,3 +103,32 @@ def test_packed_primitives_equal_dense_arrays(monkeypatch, chunk):
 def test_a_mask_must_fit_its_box():
     with pytest.raises(ValueError, match="expected"):
         SceneInstance(0, 1.0, (0, 0, 5, 4), np.ones((5, 4), dtype=bool))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 22])  # 1: one column a chunk, runs joined across chunks
+def test_rle_encoded_chunk_by_chunk_equals_pycocotools(monkeypatch, chunk):
+    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk * 23)
+    rng = np.random.default_rng(chunk)
+    height, width = 23, 31
+    for density in [0.0, 0.05, 0.5, 0.95, 1.0]:
+        for box in [(0, 0, 31, 23), (4, 0, 9, 23), (30, 22, 31, 23), (2, 5, 29, 17), (0, 3, 31, 23)]:
+            x0, y0, x1, y1 = box
+            mask = rng.random((y1 - y0, x1 - x0)) < density
+            inst = SceneInstance(0, 0.5, box, mask, [box])
+            full = np.zeros((height, width), dtype=np.uint8)
+            full[y0:y1, x0:x1] = mask
+            expected = mask_util.encode(np.asfortranarray(full))["counts"].decode("ascii")
+            assert inst.to_coco_rle(height, width)["counts"] == expected
+            crop = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+            assert inst.crop_rle()["counts"] == crop
+
+
+def test_counts_encoded_as_pycocotools_does_for_large_runs():
+    # Scene-sized images: runs of millions of pixels, differences of either sign.
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 1 << 27, 2001).tolist() + [0, 1, 1 << 31, 7]
+    size = sum(counts)
+    expected = mask_util.frPyObjects({"counts": counts, "size": [size, 1]}, size, 1)["counts"]
+    values = np.array(counts, dtype=np.int64)
+    values[3:] -= values[1:-2]
+    assert tiling._encode_counts(values) == expected

@@ -365,3 +365,10 @@ def test_interrupted_scene_resumes_to_the_same_result(predict_tool, tmp_path, ti
     assert scene_outputs(tmp_path / "resumed") == whole
     progress = (tmp_path / "resumed" / "scenes" / "scene" / "progress.jsonl").read_text().splitlines()
     assert [json.loads(line)["tile"] for line in progress] == list(range(16))
+
+
+def test_malloc_threshold_is_fixed_unless_the_user_set_one(predict_tool, monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
+    assert predict_tool.bound_malloc_cache() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert predict_tool.bound_malloc_cache() is True  # glibc (Linux)
