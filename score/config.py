@@ -151,6 +151,16 @@ def add_score_config(cfg: CN) -> None:
     # explicit softmax (False). Faster, but the masks can differ: docs/DESIGN.md,
     # "Numeric differences from the authors' computation".
     cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION = False
+    # Modules whose forward runs through torch.compile (inductor, weights frozen
+    # as constants) when called without autograd, i.e. at inference: any of
+    # "backbone" (the frozen ConvNeXt CLIP trunk), "context" (the frozen context
+    # tower) and "pixel_decoder" (its deformable sampling stays eager). Each is
+    # compiled on its first such call (tens of seconds to minutes on a CPU, where
+    # inductor needs a C++ compiler), once more for a new input size, and again
+    # when its weights change. Close to the eager outputs, not equal, so off in
+    # the recipes; 1.01 to 1.05 x for the whole model on our CPU
+    # (docs/PERFORMANCE.md, "torch.compile").
+    cfg.MODEL.SCORE.COMPILE_AT_INFERENCE = []
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
     cfg.MODEL.SCORE.TEXT_CLASSIFIER_CACHE_DIR = ""

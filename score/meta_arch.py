@@ -32,6 +32,7 @@ from .modeling.context import ContextFeatures, build_context_encoder
 from .modeling.criterion import SetCriterion
 from .modeling.gca import build_gca
 from .modeling.head import SCOREHead
+from .modeling.inference_compile import check_compile_names
 from .modeling.matcher import HungarianMatcher
 from .modeling.open_vocab import classification_logits, geometric_ensemble, mask_pool
 from .modeling.postprocessing import instance_inference
@@ -142,6 +143,8 @@ class SCORE(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        # Read by the backbone, the context encoder and the pixel decoder: checked once here.
+        check_compile_names(cfg.MODEL.SCORE.COMPILE_AT_INFERENCE)
         backbone = build_backbone(cfg)
         embed_dim = backbone.embed_dim
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())

@@ -19,6 +19,11 @@ classifier replaced by seeded random rows, and then:
   picture after the test resize): the speed figure;
 * a timed forward on each further image (outputs kept).
 
+With ``--warm-up-all`` every one of these inputs is first run once untimed,
+so that the first image's forward is timed too and a variant that compiles
+(``MODEL.SCORE.COMPILE_AT_INFERENCE``) has met every input size before the
+timed forwards. A KEY,VALUE list may hold a list value (``[a,b]``).
+
 Images are read RGB and resized as the test mapper does (short side 512,
 long side <= 800); outputs are at the original size. Agreement against the
 first variant (or against each variant named by ``--agreement-with``, for the
@@ -48,7 +53,7 @@ from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
 checkout, config, images, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-out = sys.argv[5]
+out, warm_up_all = sys.argv[5], sys.argv[6] == "1"
 import score  # noqa
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -86,6 +91,11 @@ def run(inputs):
 
 result = {"checksum": checksum, "images": {}}
 saved = {}
+generator = torch.Generator().manual_seed(1)
+random_image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8, generator=generator)
+if warm_up_all:
+    for inputs in [load(path) for path in images] + [{"image": random_image, "height": 512, "width": 683}]:
+        run(inputs)
 for index, path in enumerate(images):
     seconds, instances = run(load(path))
     name = Path(path).stem
@@ -93,20 +103,31 @@ for index, path in enumerate(images):
     saved[name + "_classes"] = instances.pred_classes[order].numpy()
     saved[name + "_scores"] = instances.scores[order].numpy()
     saved[name + "_masks"] = np.packbits(instances.pred_masks[order].numpy(), axis=-1)
-    result["images"][name] = {"seconds": seconds, "warm_up": index == 0}
+    result["images"][name] = {"seconds": seconds, "warm_up": index == 0 and not warm_up_all}
     if index == 0:
-        generator = torch.Generator().manual_seed(1)
-        image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8, generator=generator)
-        result["seconds_512x683"], _ = run({"image": image, "height": 512, "width": 683})
+        result["seconds_512x683"], _ = run({"image": random_image, "height": 512, "width": 683})
 np.savez_compressed(out + ".npz", **saved)
 Path(out + ".json").write_text(json.dumps(result))
 """
 
 
+def _split_opts(text: str) -> list:
+    """KEY,VALUE,... split at the commas outside brackets (a list value keeps its own)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += (char in "[(") - (char in "])")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [p for p in parts + [current] if p]
+
+
 def _parse_variant(text: str):
     name, rest = text.split("=", 1)
     checkout, _, opts = rest.partition(":")
-    return name, str(Path(checkout).resolve()), [o for o in opts.split(",") if o]
+    return name, str(Path(checkout).resolve()), _split_opts(opts)
 
 
 def _agreement(ref: np.lib.npyio.NpzFile, new: np.lib.npyio.NpzFile, name: str) -> dict:
@@ -143,6 +164,12 @@ def main() -> None:
         default=None,
         help="variants whose outputs the others are compared with (default: the first variant)",
     )
+    parser.add_argument(
+        "--warm-up-all",
+        action="store_true",
+        help="run every input once, untimed, before the timed forwards (each image then counts; "
+        "a compiled variant has then met every input size)",
+    )
     parser.add_argument("--output", required=True, help="OUTPUT.json, OUTPUT.md")
     args = parser.parse_args()
     variants = [_parse_variant(v) for v in args.variant]
@@ -165,7 +192,9 @@ def main() -> None:
                 json.dumps(opts),
             ]
             load = os.getloadavg()[0]
-            subprocess.run(command + [str(out)], check=True, cwd=checkout, env=env)
+            subprocess.run(
+                command + [str(out), "1" if args.warm_up_all else "0"], check=True, cwd=checkout, env=env
+            )
             result = json.loads(Path(f"{out}.json").read_text())
             runs.append({"variant": name, "round": round_index, "load1": load, **result, "out": str(out)})
             print(

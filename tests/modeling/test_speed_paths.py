@@ -174,7 +174,7 @@ def test_decoder_attention_layers_match_explicit_attention_weights(training):
     tgt, query_pos = torch.randn(10, 2, 32, requires_grad=True), torch.randn(10, 2, 32)
     memory, pos = torch.randn(48, 2, 32), torch.randn(48, 2, 32)
     mask = attention_mask_from_logits(torch.randn(2, 10, 12, 16), (6, 8), 4)
-    assert mask.any()
+    assert mask.isinf().any()
     # The reference: MultiheadAttention with its explicit (need_weights=True) path.
     ref_cross = cross.norm(
         tgt + cross.multihead_attn(tgt + query_pos, memory + pos, memory, attn_mask=mask)[0]
@@ -262,3 +262,35 @@ def test_training_keeps_the_class_logits_of_every_prediction(make_inputs):
     for aux in out["aux_outputs"]:
         assert set(aux) == {"pred_logits", "pred_masks"}
         assert aux["pred_logits"].shape == out["pred_logits"].shape
+
+
+def _authors_bool_mask(mask_logits, size, num_heads):
+    """Mask2Former's attention mask: booleans (True = blocked), repeated per head."""
+    resized = torch.nn.functional.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+    blocked = resized.sigmoid().flatten(2).unsqueeze(1).repeat(1, num_heads, 1, 1).flatten(0, 1) < 0.5
+    blocked[blocked.all(-1)] = False
+    return blocked
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_additive_attention_mask_gives_the_attention_of_the_authors_bool_mask(batch, fused):
+    from score.modeling.transformer_decoder.score_transformer_decoder import (
+        CrossAttentionLayer,
+        attention_mask_from_logits,
+    )
+
+    torch.manual_seed(batch)
+    logits = torch.randn(batch, 10, 12, 16)
+    logits[0, 3] = -10.0  # an empty mask: its row is unblocked
+    bool_mask = _authors_bool_mask(logits, (6, 8), 4)
+    additive = attention_mask_from_logits(logits, (6, 8), 4)
+    # The values MultiheadAttention makes of the boolean mask.
+    assert torch.equal(additive, torch.zeros(bool_mask.shape).masked_fill_(bool_mask, float("-inf")))
+    cross = CrossAttentionLayer(32, 4, fused_attention=fused).eval()
+    tgt, query_pos = torch.randn(10, batch, 32), torch.randn(10, batch, 32)
+    memory, pos = torch.randn(48, batch, 32), torch.randn(48, batch, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            cross(tgt, memory, additive, pos, query_pos), cross(tgt, memory, bool_mask, pos, query_pos)
+        )

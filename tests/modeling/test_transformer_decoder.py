@@ -190,11 +190,12 @@ def test_attention_mask_blocks_background_and_unblocks_empty_queries():
     logits = torch.full((1, 2, 4, 4), -5.0)
     logits[0, 0, :, :2] = 5.0
     mask = attention_mask_from_logits(logits, (2, 2), num_heads=3)
-    assert mask.shape == (3, 2, 4) and mask.dtype == torch.bool
-    left = torch.tensor([False, True, False, True])  # (2, 2) flattened row-major: blocked on the right
+    assert mask.shape == (3, 2, 4) and mask.dtype == torch.float32
+    inf = float("-inf")
+    left = torch.tensor([0.0, inf, 0.0, inf])  # (2, 2) flattened row-major: blocked on the right
     for head in range(3):
         assert torch.equal(mask[head, 0], left)
-        assert not mask[head, 1].any()  # fully blocked row is unblocked
+        assert torch.equal(mask[head, 1], torch.zeros(4))  # fully blocked row is unblocked
 
 
 def test_masked_cross_attention_ignores_blocked_memory():

@@ -25,6 +25,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import Tensor
 
 from ..clip_weights import create_clip_model
+from ..inference_compile import InferenceCompiled
 from ..tiny_clip import register_tiny_clip_configs
 
 __all__ = ["CLIPConvNeXtBackbone"]
@@ -38,7 +39,13 @@ class CLIPConvNeXtBackbone(Backbone):
 
     @configurable
     def __init__(
-        self, *, clip_model_name: str, clip_pretrained_weights: str, random_init: bool, embed_dim: int
+        self,
+        *,
+        clip_model_name: str,
+        clip_pretrained_weights: str,
+        random_init: bool,
+        embed_dim: int,
+        compile_at_inference: bool = False,
     ):
         """
         Args:
@@ -49,6 +56,8 @@ class CLIPConvNeXtBackbone(Backbone):
             random_init: random weights instead of loading (tests only).
             embed_dim: the joint width D the rest of SCORE is built for; must
                 equal the model's ``embed_dim``.
+            compile_at_inference: without autograd, run the trunk through
+                ``torch.compile`` (``InferenceCompiled``; close to, not equal to, eager).
         """
         super().__init__()
         register_tiny_clip_configs()
@@ -86,6 +95,11 @@ class CLIPConvNeXtBackbone(Backbone):
         self._out_feature_channels["clip_vis_dense"] = self._out_feature_channels["res5"]
         self._out_feature_strides["clip_vis_dense"] = self._out_feature_strides["res5"]
         self._out_features: List[str] = [*_STAGE_NAMES, "clip_vis_dense"]
+        self._compiled_features = (
+            InferenceCompiled(self._features, self, "the ConvNeXt CLIP trunk")
+            if compile_at_inference
+            else None
+        )
         self.eval()
 
     @classmethod
@@ -95,6 +109,7 @@ class CLIPConvNeXtBackbone(Backbone):
             "clip_pretrained_weights": cfg.MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS,
             "random_init": cfg.MODEL.SCORE.RANDOM_INIT_CLIP,
             "embed_dim": cfg.MODEL.SCORE.EMBED_DIM,
+            "compile_at_inference": "backbone" in cfg.MODEL.SCORE.COMPILE_AT_INFERENCE,
         }
 
     def train(self, mode: bool = True) -> CLIPConvNeXtBackbone:
@@ -102,7 +117,6 @@ class CLIPConvNeXtBackbone(Backbone):
         # dropout) whatever mode the model is put in.
         return super().train(False)
 
-    @torch.no_grad()
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """(B, 3, H, W) normalised, padded to a multiple of 32 -> res2..res5 and ``clip_vis_dense``.
 
@@ -110,6 +124,12 @@ class CLIPConvNeXtBackbone(Backbone):
         ``clip_vis_dense`` (B, C, H/32, W/32) is the trunk's ``norm_pre`` on res5
         (Identity for ConvNeXt, whose norm sits in the head), as in FC-CLIP.
         """
+        if self._compiled_features is not None and not torch.is_grad_enabled():
+            return self._compiled_features(x)
+        return self._features(x)
+
+    @torch.no_grad()
+    def _features(self, x: Tensor) -> Dict[str, Tensor]:
         trunk = self.clip_model.visual.trunk
         features: Dict[str, Tensor] = {}
         x = trunk.stem(x)

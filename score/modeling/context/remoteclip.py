@@ -33,7 +33,7 @@ is bit-identical to the authors' seq-first computation (docs/DESIGN.md,
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import open_clip
 import torch
@@ -43,6 +43,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 
 from ..clip_weights import create_clip_model
+from ..inference_compile import InferenceCompiled
 from . import CONTEXT_ENCODER_REGISTRY, ContextFeatures
 
 __all__ = ["RemoteCLIPContextEncoder", "resolve_context_dtype", "value_only_block"]
@@ -107,6 +108,7 @@ class RemoteCLIPContextEncoder(nn.Module):
         input_size: int,
         random_init: bool,
         patch_layers: Sequence[int] = (),
+        compile_at_inference: bool = False,
     ):
         """
         Args:
@@ -119,6 +121,8 @@ class RemoteCLIPContextEncoder(nn.Module):
             random_init: random weights instead of loading (tests only).
             patch_layers: 0-based block indices whose patch tokens are kept in
                 ``ContextFeatures.patch_layers``.
+            compile_at_inference: without autograd, run the tower through
+                ``torch.compile`` (``InferenceCompiled``; close to, not equal to, eager).
         """
         super().__init__()
         if dtype not in _PRECISIONS:
@@ -146,6 +150,9 @@ class RemoteCLIPContextEncoder(nn.Module):
         self.patch_layers = sorted(set(patch_layers))
         self.dtype = getattr(torch, dtype)
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self._compiled_tensors = (
+            InferenceCompiled(self._tensors, self, "the context tower") if compile_at_inference else None
+        )
         self.eval()
 
     @classmethod
@@ -159,6 +166,7 @@ class RemoteCLIPContextEncoder(nn.Module):
             "input_size": cfg.MODEL.SCORE.CONTEXT_INPUT_SIZE,
             "random_init": cfg.MODEL.SCORE.RANDOM_INIT_CLIP,
             "patch_layers": [rai.PATCH_LAYER] if rai.CONTEXT_SOURCE == "patch" else [],
+            "compile_at_inference": "context" in cfg.MODEL.SCORE.COMPILE_AT_INFERENCE,
         }
 
     def train(self, mode: bool = True) -> RemoteCLIPContextEncoder:
@@ -189,13 +197,22 @@ class RemoteCLIPContextEncoder(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
         return torch.cat([cls_pos, patch_pos])
 
-    @torch.no_grad()
     def forward(self, images: Tensor) -> ContextFeatures:
         """(B, 3, H, W) normalised, padded batch -> global (B, D) and dense (B, D, h, w) context.
 
         Outputs have the tower's dtype (float16 by default). Autocast is
         switched off inside so that this dtype is the one configured.
         """
+        tensors = self._tensors
+        if self._compiled_tensors is not None and not torch.is_grad_enabled():
+            tensors = self._compiled_tensors
+        # Switched outside the (possibly compiled) tensor function: a switch inside breaks its graph.
+        with torch.no_grad(), _mha_fast_path(self.clip_model.visual.conv1.weight.dtype == torch.float32):
+            global_embed, dense, patch_layers = tensors(images)
+        return ContextFeatures(global_embed=global_embed, dense=dense, patch_layers=patch_layers)
+
+    def _tensors(self, images: Tensor) -> Tuple[Tensor, Tensor, Dict[int, Tensor]]:
+        """The forward's tensors: global (B, D), dense (B, D, h, w) and the kept patch layers."""
         visual = self.clip_model.visual
         with torch.autocast(device_type=images.device.type, enabled=False):
             x = F.interpolate(
@@ -211,11 +228,10 @@ class RemoteCLIPContextEncoder(nn.Module):
 
             blocks = visual.transformer.resblocks
             kept: Dict[int, Tensor] = {}
-            with _mha_fast_path(x.dtype == torch.float32):
-                for index, block in enumerate(blocks[:-1]):
-                    x = block(x)
-                    if index in self.patch_layers:
-                        kept[index] = x
+            for index, block in enumerate(blocks[:-1]):
+                x = block(x)
+                if index in self.patch_layers:
+                    kept[index] = x
             x = value_only_block(blocks[-1], x)
             if len(blocks) - 1 in self.patch_layers:
                 kept[len(blocks) - 1] = x
@@ -223,7 +239,7 @@ class RemoteCLIPContextEncoder(nn.Module):
             tokens = self._project(x)  # (B, L, D)
             dense = self._to_map(tokens[:, 1:], grid_h, grid_w)
             patch_layers = {i: self._to_map(self._project(t)[:, 1:], grid_h, grid_w) for i, t in kept.items()}
-        return ContextFeatures(global_embed=tokens[:, 0], dense=dense, patch_layers=patch_layers)
+        return tokens[:, 0], dense, patch_layers
 
     def _project(self, x: Tensor) -> Tensor:
         """Tokens (B, L, W) -> (B, L, D): ln_post, then the tower's projection."""

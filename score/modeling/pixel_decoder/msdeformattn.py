@@ -23,6 +23,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import Tensor, nn
 
+from ..inference_compile import InferenceCompiled
 from . import PIXEL_DECODER_REGISTRY
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import PositionEmbeddingSine
@@ -172,6 +173,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_enc_layers: int,
         common_stride: int,
         deformable_attention_impl: str = "auto",
+        compile_at_inference: bool = False,
     ):
         """
         Args:
@@ -187,6 +189,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             transformer_enc_layers: number of encoder layers.
             common_stride: stride of ``mask_features``; FPN levels are added down to it.
             deformable_attention_impl: "auto" or "pytorch", see ``MSDeformAttn``.
+            compile_at_inference: without autograd, run ``forward_features`` through
+                ``torch.compile`` (``InferenceCompiled``; the deformable sampling stays
+                eager; close to, not equal to, eager).
         """
         super().__init__()
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
@@ -256,6 +261,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         # Plain lists (already registered above), coarse to fine for the top-down pass.
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
+        self._compiled_forward_features = (
+            InferenceCompiled(self._forward_features, self, "the pixel decoder")
+            if compile_at_inference
+            else None
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
@@ -273,6 +283,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
             "common_stride": head.COMMON_STRIDE,
             "deformable_attention_impl": head.DEFORMABLE_ATTENTION_IMPL,
+            "compile_at_inference": "pixel_decoder" in cfg.MODEL.SCORE.COMPILE_AT_INFERENCE,
         }
 
     def forward_features(self, features: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
@@ -283,6 +294,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         Runs in float32 with autocast off, as Mask2Former does: the deformable
         attention kernels have no half-precision path.
         """
+        if self._compiled_forward_features is not None and not torch.is_grad_enabled():
+            return self._compiled_forward_features(features)
+        return self._forward_features(features)
+
+    def _forward_features(self, features: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
         device_type = next(iter(features.values())).device.type
         with torch.autocast(device_type=device_type, enabled=False):
             srcs, pos = [], []
