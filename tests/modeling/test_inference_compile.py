@@ -11,6 +11,7 @@ from score.modeling.inference_compile import InferenceCompiled
 ALL = '["backbone", "context", "pixel_decoder"]'
 
 
+@pytest.mark.slow  # inductor compiles three modules: about 80 s with a cold compile cache
 def test_compiled_model_keeps_the_classes_and_close_outputs(make_inputs):
     from detectron2.modeling import build_model
 
