@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in demo (make demo): the tiny world on the CPU, about 10 minutes at one thread.
+# The built-in demo (make demo): the tiny world on the CPU, about 6 minutes at one thread.
 #   1. synthetic versions of all seven splits (tools/make_synthetic_datasets.py);
 #   2. the tiny-world SCORE (the tiny SCORE on the frozen tiny towers pretrained on the
 #      concepts of all five vocabularies, weights/tiny_world/; configs/tiny_world/score_isaid.yaml)
