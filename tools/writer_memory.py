@@ -24,15 +24,7 @@ from score.geo import FeatureMaker
 from score.predictor import draw_instances
 from score.streaming import instance_from_record
 from score.tiling import PieceStore
-
-
-def status(field: str) -> int:
-    """A /proc/self/status memory field, MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) // 1024
-    return 0
+from tile_memory import status  # tools/, the folder of this script
 
 
 def step(name: str, run):
