@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in demo (make demo): the tiny world on the CPU, about 6 minutes at one thread.
+# The built-in demo (make demo): the tiny world on the CPU, about 9 minutes at one thread.
 #   1. synthetic versions of all seven splits (tools/make_synthetic_datasets.py);
 #   2. the tiny-world SCORE (the tiny SCORE on the frozen tiny towers pretrained on the
 #      concepts of all five vocabularies, weights/tiny_world/; configs/tiny_world/score_isaid.yaml)
@@ -11,8 +11,8 @@
 #
 #   bash scripts/demo.sh [OUTPUT_ROOT] [KEY VALUE ...]   (default output/demo)
 # Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50); the schedule
-# (1500 iterations of a 4-prediction decoder, a 50-iteration Gumbel warm-up, 384 px test
-# size) is the tiny-world config's, docs/EXPERIMENTS.md section 1.
+# (1500 iterations on 320 px crops of a 64-wide model with a 4-prediction decoder, a
+# 50-iteration Gumbel warm-up, 384 px test size) is the tiny-world config's, docs/EXPERIMENTS.md section 1.
 # Environment: CONFIG (default configs/tiny_world/score_isaid.yaml), PYTHON.
 # The console gets one line per step and the tables; the full logs go to OUTPUT_ROOT/logs/.
 set -euo pipefail
