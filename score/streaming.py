@@ -308,6 +308,13 @@ class SceneStream:
             logger.warning("%s cannot be read (%s); starting the scene over", path, error)
             return None
         if manifest.get("version") != MANIFEST_VERSION or "key" not in manifest:
+            # An older layout (version 1 held merged objects as masks, not pieces) cannot be continued.
+            logger.warning(
+                "%s is of manifest version %s, this version reads %d; starting the scene over",
+                path,
+                manifest.get("version"),
+                MANIFEST_VERSION,
+            )
             return None
         return manifest
 
