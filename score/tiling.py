@@ -63,6 +63,7 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 __all__ = [
+    "BAND_PIXELS",
     "ArrayReader",
     "PieceStore",
     "SceneInstance",
@@ -79,6 +80,10 @@ logger = logging.getLogger(__name__)
 Box = Tuple[int, int, int, int]
 # Crop pixels unpacked at once (run-length encoding, unions): bounds the dense bool band in memory.
 _RLE_CHUNK_PIXELS = 1 << 22
+# Objects whose box holds more pixels than this have their outline (GeoJSON, score/geo.py) and
+# overlay contours (score/predictor.py) made from bands of at most this many pixels, never from
+# the whole mask (a weak model at threshold 0 chains ragged objects as large as the scene).
+BAND_PIXELS = 1 << 22
 
 
 class SceneReader(Protocol):

@@ -231,3 +231,26 @@ def test_match_ratios_of_a_tile_equal_their_definition_on_whole_masks(tmp_path, 
             checked += sum(r > 0 for r in got)
         merger.add(window, pieces)
     assert checked > 50
+
+
+def test_scene_sized_chains_outlined_and_reduced_band_by_band(tmp_path):
+    """Chains as large as the scene, read from their pieces in bands: outline and overlay mask."""
+    import rasterio.features
+
+    from score.predictor import _reduced_mask
+
+    scene = ragged_scene()
+    shape = scene.shape[:2]
+    expected = tiled_inference(ragged_predictor, scene, tile_size=64, overlap=13)
+    got = merge(scene, 64, 13, PieceStore(str(tmp_path / "pieces.bin")))
+    chains = [(a, b) for a, b in zip(got, expected) if isinstance(a, SpilledInstance)]
+    assert len(chains) == 7
+    for spilled, in_memory in chains:
+        geometry = instance_geometry(spilled, Affine.identity(), band_pixels=1000)  # bands of 5 rows
+        assert geometry == instance_geometry(in_memory, Affine.identity(), band_pixels=1000)
+        polygons = [({"type": "Polygon", "coordinates": p}, 1) for p in geometry["coordinates"]]
+        covered = rasterio.features.rasterize(polygons, out_shape=shape, dtype=np.uint8) > 0
+        assert np.array_equal(covered, spilled.to_full_mask(*shape))
+        reduced = _reduced_mask(spilled, 0.3, 1000)
+        assert np.array_equal(reduced[0], _reduced_mask(in_memory, 0.3, 10**9)[0])
+        assert reduced[1] == (0, 0) and reduced[0].shape == (61, 59)
