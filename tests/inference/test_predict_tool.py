@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -377,8 +378,6 @@ def test_malloc_threshold_is_fixed_unless_the_user_set_one(predict_tool, monkeyp
 
 def test_large_objects_outlined_in_bands_cover_their_masks(predict_tool, tmp_path, tiny_weights):
     """--band-pixels below the objects' size: the same COCO results; the GeoJSON rasterizes to them."""
-    import rasterio.features
-
     load_tool("make_geotiff_scene").make_scene(str(tmp_path / "scene.tif"), 400, seed=3)
     argv = ["--config-file", str(TINY_CONFIG), "--input", str(tmp_path / "scene.tif")]
     argv += ["--vocab", "building,storage tank,ship", "--confidence-threshold", "0", "--tiling", "always"]

@@ -10,10 +10,12 @@ import json
 
 import numpy as np
 import pytest
+import rasterio.features
 from affine import Affine
 
 from score import tiling
 from score.geo import FeatureMaker, instance_geometry
+from score.predictor import _reduced_mask
 from score.streaming import SceneStream, instance_from_record, instance_record, predict_tiles
 from score.tiling import (
     ArrayReader,
@@ -235,10 +237,6 @@ def test_match_ratios_of_a_tile_equal_their_definition_on_whole_masks(tmp_path, 
 
 def test_scene_sized_chains_outlined_and_reduced_band_by_band(tmp_path):
     """Chains as large as the scene, read from their pieces in bands: outline and overlay mask."""
-    import rasterio.features
-
-    from score.predictor import _reduced_mask
-
     scene = ragged_scene()
     shape = scene.shape[:2]
     expected = tiled_inference(ragged_predictor, scene, tile_size=64, overlap=13)
