@@ -39,7 +39,10 @@ what it has already joined. A match is replaced by the union of the masks
 (box = union of boxes) with the higher score. An
 instance whose box ends above the current row of tiles can match nothing
 any more and leaves the working set, which keeps the pairwise checks to the
-neighbourhood of the current tile.
+neighbourhood of the current tile. The ratios of a tile are computed held
+instance by held instance against all of the tile's pieces, so that each
+held instance's reads (its mask on the tile and on the border lines of its
+windows) are made once per tile, not once per piece.
 
 Given a :class:`PieceStore`, the merger keeps each merged object as its
 pieces (:class:`SpilledInstance`): the packed crops in a file, their boxes and
