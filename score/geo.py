@@ -19,7 +19,8 @@ the one image reader of ``tools/predict.py`` and of the dataset mappers;
 Writing (:func:`instances_to_geojson`): one Feature per instance. Its geometry
 is the outline of the mask's pixels (``rasterio.features.shapes``: pixel
 edges, holes as inner rings, one Polygon per 4-connected part, a
-MultiPolygon when there are several) mapped to map coordinates by the
+MultiPolygon when there are several; for a mask whose box holds more than
+``band_pixels`` pixels, those of each band of rows, below) mapped to map coordinates by the
 raster's affine transform, which takes pixel *corners* (col, row) to (x, y):
 pixel (c, r) covers the square with corners transform @ (c, r) and
 transform @ (c + 1, r + 1). Properties: ``class`` (the vocabulary entry),
@@ -30,6 +31,21 @@ mean nothing). RFC 7946 GeoJSON is WGS84 longitude/latitude: with
 ``to_wgs84=True`` the geometries are reprojected to it and no "crs" member is
 written; otherwise (default) they stay in the raster's CRS, which is named in
 a "crs" member (the pre-RFC 7946 form that GDAL and QGIS read).
+
+Objects larger than ``band_pixels`` (box pixels, default
+:data:`score.tiling.BAND_PIXELS`, 2^22 = 2048 x 2048) are outlined band by
+band: the box is cut into bands of ``band_pixels // width`` rows and each
+band's mask is polygonized on its own, so memory follows the band, not the
+object (GDAL's polygonizer holds every polygon of what it is given: +469 MiB
+for a ragged 12000 x 4480 px object at once). The geometry is then a
+MultiPolygon of the parts of each band, band after band: a part that
+crosses a band border is two polygons sharing that border's edge. They
+cover exactly the mask's pixels (rasterized back, they give the mask), so
+a GIS reads the same area; strict Simple Features validity (``is_valid``)
+rejects polygons of a MultiPolygon that share an edge, and a dissolve
+(``shapely.unary_union``, QGIS "Dissolve") joins them into the rings the
+whole mask would have given. Objects of a trained model are far below the
+threshold and keep the exact outline.
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .tiling import Box, SceneInstance
+from .tiling import BAND_PIXELS, Box, SceneInstance
 
 __all__ = [
     "GEO_SUFFIXES",
@@ -262,14 +278,29 @@ def read_image_uint8(
     return image if image_format == "RGB" else np.ascontiguousarray(image[:, :, ::-1])
 
 
-def _polygons(instance: SceneInstance, transform: Affine) -> Iterator[list]:
-    """GeoJSON Polygon coordinates of the 4-connected parts of an instance's mask, one at a time."""
-    x0, y0, _, _ = instance.box
-    mask = instance.mask
-    for geometry, _ in rasterio.features.shapes(
-        mask.view(np.uint8), mask=mask, connectivity=4, transform=transform @ Affine.translation(x0, y0)
-    ):
-        yield geometry["coordinates"]
+def _polygons(instance: SceneInstance, transform: Affine, band_pixels: int = BAND_PIXELS) -> Iterator[list]:
+    """GeoJSON Polygon coordinates of the 4-connected parts of an instance's mask, one at a time.
+
+    A mask whose box holds more than ``band_pixels`` pixels is outlined in bands
+    of rows (at most ``band_pixels`` pixels each, ``band_pixels // width`` rows):
+    the parts of each band, band after band. GDAL's polygonizer holds every
+    polygon of what it is given, and a ragged mask as large as the scene has
+    millions of them; a band's cost its own.
+    """
+    x0, y0, x1, y1 = instance.box
+    height, width = y1 - y0, x1 - x0
+    if height * width <= band_pixels:
+        bands = [(y0, y1, instance.mask)]
+    else:
+        rows = max(1, band_pixels // width)
+        bands = ((y, min(y + rows, y1), None) for y in range(y0, y1, rows))
+    for top, bottom, mask in bands:
+        if mask is None:
+            mask = instance.region(x0, top, x1, bottom)
+        for geometry, _ in rasterio.features.shapes(
+            mask.view(np.uint8), mask=mask, connectivity=4, transform=transform @ Affine.translation(x0, top)
+        ):
+            yield geometry["coordinates"]
 
 
 def _geometry(polygons: List[list]) -> dict:
@@ -278,13 +309,17 @@ def _geometry(polygons: List[list]) -> dict:
     return {"type": "MultiPolygon", "coordinates": polygons}
 
 
-def instance_geometry(instance: SceneInstance, transform: Affine) -> Optional[dict]:
+def instance_geometry(
+    instance: SceneInstance, transform: Affine, band_pixels: int = BAND_PIXELS
+) -> Optional[dict]:
     """GeoJSON geometry of an instance's mask: pixel-edge outline mapped by ``transform``.
 
     A Polygon for one 4-connected part, a MultiPolygon for several; holes are
-    inner rings. None for an empty mask.
+    inner rings. None for an empty mask. A mask whose box holds more than
+    ``band_pixels`` pixels is outlined band by band (see the module docstring):
+    a MultiPolygon of the parts of each band of rows.
     """
-    polygons = list(_polygons(instance, transform))
+    polygons = list(_polygons(instance, transform, band_pixels))
     return _geometry(polygons) if polygons else None
 
 
@@ -304,6 +339,8 @@ class FeatureMaker:
         crs: the raster's CRS; None writes map coordinates without a "crs" member.
         to_wgs84: reproject to WGS84 longitude/latitude (RFC 7946) instead of keeping ``crs``.
         image: source file name, recorded as a foreign member.
+        band_pixels: masks whose box holds more pixels are outlined band by band
+            (see :func:`instance_geometry`).
     """
 
     def __init__(
@@ -314,6 +351,7 @@ class FeatureMaker:
         crs: Optional[CRS],
         to_wgs84: bool = False,
         image: Optional[str] = None,
+        band_pixels: int = BAND_PIXELS,
     ):
         if to_wgs84 and crs is None:
             raise ValueError("cannot reproject to WGS84: the raster has no CRS")
@@ -324,6 +362,7 @@ class FeatureMaker:
         self.image = image
         self.projected = crs is not None and crs.is_projected
         self.pixel_area = abs(transform.determinant)
+        self.band_pixels = band_pixels
 
     def header(self) -> Dict:
         """The FeatureCollection's members before "features" (type, crs, units, image)."""
@@ -337,7 +376,7 @@ class FeatureMaker:
         return collection
 
     def _polygons(self, inst: SceneInstance) -> Iterator[list]:
-        for polygon in _polygons(inst, self.transform):
+        for polygon in _polygons(inst, self.transform, self.band_pixels):
             if self.to_wgs84:
                 # Reprojection is point by point: a part alone gives what the whole geometry would.
                 polygon = rasterio.warp.transform_geom(

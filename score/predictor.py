@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import SCORECheckpointer
 from .modeling.text_classifier import normalize_class_name
-from .tiling import SceneInstance
+from .tiling import BAND_PIXELS, SceneInstance
 
 __all__ = [
     "SCOREPredictor",
@@ -255,11 +255,22 @@ def coco_annotations(
     ]
 
 
-def _outline(inst: SceneInstance, scale: float) -> List[np.ndarray]:
-    """Outer contours of the cropped mask as flat [x, y, ...] arrays in (scaled) image coordinates."""
+def _outline(inst: SceneInstance, scale: float, band_pixels: int = BAND_PIXELS) -> List[np.ndarray]:
+    """Outer contours of the cropped mask as flat [x, y, ...] arrays in (scaled) image coordinates.
+
+    A mask whose box holds more than ``band_pixels`` pixels is first reduced to
+    the picture's scale (:func:`_reduced_mask`, band by band) and its contours
+    are traced there: the picture cannot show more, and the whole mask and its
+    full-resolution contours would grow with the object.
+    """
+    x0, y0, x1, y1 = inst.box
+    if (x1 - x0) * (y1 - y0) > band_pixels:
+        mask, (x0, y0) = _reduced_mask(inst, scale, band_pixels)
+        scale = 1.0  # contours already on the picture's pixels
+    else:
+        mask = inst.mask
     # The bool mask seen as 0 / 1 bytes: no second copy of a scene-sized mask.
-    contours, _ = cv2.findContours(inst.mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    x0, y0 = inst.box[:2]
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
         # Contours run through pixel centres; + 0.5 puts them on the pixels' footprint before scaling.
@@ -269,8 +280,37 @@ def _outline(inst: SceneInstance, scale: float) -> List[np.ndarray]:
     return polygons
 
 
+def _reduced_mask(inst: SceneInstance, scale: float, band_pixels: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """The mask at ``scale`` (<= 1), read in bands of at most ``band_pixels`` pixels, and its corner.
+
+    Picture pixel (u, v) is set when a mask pixel whose centre falls in it is
+    (x -> floor((x + 0.5) * scale)): a ragged mask stays as wide as it is.
+    Returns bool (rows, columns) and the picture coordinates of its top-left pixel.
+    """
+    x0, y0, x1, y1 = inst.box
+    height, width = y1 - y0, x1 - x0
+    cols = np.floor((np.arange(x0, x1) + 0.5) * scale).astype(np.int64)
+    rows = np.floor((np.arange(y0, y1) + 0.5) * scale).astype(np.int64)
+    reduced = np.zeros((rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1), dtype=bool)
+    # The first column of each picture column (the mapping is non-decreasing: runs of equal values).
+    col_starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
+    step = max(1, band_pixels // width)
+    for top in range(0, height, step):
+        bottom = min(top + step, height)
+        band = inst.region(x0, y0 + top, x1, y0 + bottom)
+        band = np.logical_or.reduceat(band, col_starts, axis=1)
+        band_rows = rows[top:bottom] - rows[0]
+        row_starts = np.flatnonzero(np.r_[True, band_rows[1:] != band_rows[:-1]])
+        reduced[band_rows[row_starts]] |= np.logical_or.reduceat(band, row_starts, axis=0)
+    return reduced, (int(cols[0]), int(rows[0]))
+
+
 def draw_instances(
-    image: np.ndarray, instances: Sequence[SceneInstance], class_names: Sequence[str], scale: float = 1.0
+    image: np.ndarray,
+    instances: Sequence[SceneInstance],
+    class_names: Sequence[str],
+    scale: float = 1.0,
+    band_pixels: int = BAND_PIXELS,
 ) -> np.ndarray:
     """Overlay of the instances on ``image`` (RGB) with OpenCV; returns a new RGB array.
 
@@ -281,7 +321,9 @@ def draw_instances(
     colour (detectron2's palette, as its Visualizer would draw it). OpenCV
     draws into the picture itself: the streamed overlay of a scene is drawn
     row after row, and detectron2's Visualizer (matplotlib) re-rendered the
-    whole picture each time, at 0.6-1 GiB a pass on a 2048 px preview.
+    whole picture each time, at 0.6-1 GiB a pass on a 2048 px preview. An
+    instance whose box holds more than ``band_pixels`` pixels is outlined on its
+    mask reduced to the picture's scale, read band by band (see :func:`_outline`).
     """
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
     height, width = canvas.shape[:2]
@@ -291,7 +333,9 @@ def draw_instances(
     font = max(0.3, max(height, width) / 2500)
     for inst in instances:
         # Contour points are pixel-footprint coordinates; OpenCV draws on pixel centres.
-        polygons = [np.round(p.reshape(-1, 2) - 0.5).astype(np.int32) for p in _outline(inst, scale)]
+        polygons = [
+            np.round(p.reshape(-1, 2) - 0.5).astype(np.int32) for p in _outline(inst, scale, band_pixels)
+        ]
         if not polygons:
             continue
         colour = [int(c) for c in palette[inst.category % len(palette)]]

@@ -61,7 +61,15 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from .geo import FeatureMaker
-from .tiling import Box, PieceStore, SceneInstance, SpilledInstance, TileMerger, instances_to_scene
+from .tiling import (
+    BAND_PIXELS,
+    Box,
+    PieceStore,
+    SceneInstance,
+    SpilledInstance,
+    TileMerger,
+    instances_to_scene,
+)
 
 __all__ = [
     "SceneStream",
@@ -198,6 +206,7 @@ class SceneStream:
         features: Optional[FeatureMaker] = None,
         canvas: Optional[Callable[[], Tuple[np.ndarray, float]]] = None,
         resume: str = "auto",
+        band_pixels: int = BAND_PIXELS,
     ):
         """
         Args:
@@ -216,6 +225,9 @@ class SceneStream:
             resume: "auto" (continue a partial output with the same key, start over
                 otherwise), "always" (a partial output with another key is an
                 error) or "never" (always start over).
+            band_pixels: objects whose box holds more pixels are drawn on the overlay
+                from their mask reduced band by band (see :func:`score.predictor.draw_instances`;
+                the GeoJSON outline has its own, ``features.band_pixels``).
         """
         if resume not in ("auto", "always", "never"):
             raise ValueError(f"resume must be 'auto', 'always' or 'never', not {resume!r}")
@@ -238,6 +250,7 @@ class SceneStream:
             "pieces": os.path.join(self.folder, "pieces.bin"),
         }
         self.match_threshold = match_threshold
+        self.band_pixels = band_pixels
         self.store: Optional[PieceStore] = None
         self.merger = TileMerger(match_threshold=match_threshold)
         self.start_tile = 0
@@ -308,6 +321,13 @@ class SceneStream:
             logger.warning("%s cannot be read (%s); starting the scene over", path, error)
             return None
         if manifest.get("version") != MANIFEST_VERSION or "key" not in manifest:
+            # An older layout (version 1 held merged objects as masks, not pieces) cannot be continued.
+            logger.warning(
+                "%s is of manifest version %s, this version reads %d; starting the scene over",
+                path,
+                manifest.get("version"),
+                MANIFEST_VERSION,
+            )
             return None
         return manifest
 
@@ -452,7 +472,9 @@ class SceneStream:
             if self._canvas is not None:
                 from .predictor import draw_instances  # the predictor module imports the model stack
 
-                self._canvas = draw_instances(self._canvas, [inst], self.class_names, self._scale)
+                self._canvas = draw_instances(
+                    self._canvas, [inst], self.class_names, self._scale, self.band_pixels
+                )
 
     def _lengths(self) -> Dict[str, int]:
         """Flush the streamed files to disk and return their lengths (bytes)."""

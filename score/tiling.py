@@ -39,7 +39,10 @@ what it has already joined. A match is replaced by the union of the masks
 (box = union of boxes) with the higher score. An
 instance whose box ends above the current row of tiles can match nothing
 any more and leaves the working set, which keeps the pairwise checks to the
-neighbourhood of the current tile.
+neighbourhood of the current tile. The ratios of a tile are computed held
+instance by held instance against all of the tile's pieces, so that each
+held instance's reads (its mask on the tile and on the border lines of its
+windows) are made once per tile, not once per piece.
 
 Given a :class:`PieceStore`, the merger keeps each merged object as its
 pieces (:class:`SpilledInstance`): the packed crops in a file, their boxes and
@@ -52,6 +55,7 @@ results are the same as with the masks in memory.
 from __future__ import annotations
 
 import array
+import functools
 import logging
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
@@ -62,6 +66,7 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 __all__ = [
+    "BAND_PIXELS",
     "ArrayReader",
     "PieceStore",
     "SceneInstance",
@@ -77,7 +82,13 @@ logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]
 # Crop pixels unpacked at once (run-length encoding, unions): bounds the dense bool band in memory.
-_RLE_CHUNK_PIXELS = 1 << 22
+# A ragged chunk's runs cost about 10 bytes a pixel as numbers while encoded: the RLE of a
+# 12000 x 4480 px ragged object peaked at +56 MiB with 2^22, +22 MiB with 2^20, in the same time.
+_RLE_CHUNK_PIXELS = 1 << 20
+# Objects whose box holds more pixels than this have their outline (GeoJSON, score/geo.py) and
+# overlay contours (score/predictor.py) made from bands of at most this many pixels, never from
+# the whole mask (a weak model at threshold 0 chains ragged objects as large as the scene).
+BAND_PIXELS = 1 << 22
 
 
 class SceneReader(Protocol):
@@ -440,7 +451,12 @@ class _BoxGrid:
         return index[near].tolist()
 
     def __contains__(self, box: Box) -> bool:
-        return any(self.box(i) == tuple(box) for i in self.near(box))
+        # A box is listed under the cell of its top-left corner (among others): only that cell is read.
+        found = self._cells.get((box[0] // self.cell, box[1] // self.cell))
+        if found is None:
+            return False
+        index = np.frombuffer(found, dtype=np.intc)
+        return bool((self._boxes[index] == np.asarray(box, dtype=np.int32)).all(axis=1).any())
 
 
 class SpilledInstance(SceneInstance):
@@ -626,44 +642,118 @@ def _ratio(common: int, a: int, b: int) -> float:
     return common / smaller if smaller > 0 else 0.0
 
 
-def _overlap_ratio(a: SceneInstance, b: SceneInstance, window: Box) -> float:
+def _overlap_ratio(a: _Remembered, b: _Remembered, window: Box) -> float:
     """|A n B| / min(|A|, |B|) on the part of ``window`` (b's tile) that a's other tiles also saw."""
     # Both masks restricted to b's tile lie in this region, which is at most T x T.
-    rx0, ry0, rx1, ry1 = _intersect(window, _hull([a.box, b.box]))
-    if rx0 >= rx1 or ry0 >= ry1:
+    region = _intersect(window, _hull([a.box, b.box]))
+    if region[0] >= region[2] or region[1] >= region[3]:
         return 0.0
-    region = (rx0, ry0, rx1, ry1)
-    other = [w for w in a.windows_near(region) if w != window]
-    if not other:
+    seen, a_seen, a_count = a.seen(region, window)
+    if a_count == 0:  # also when a's other tiles saw none of the region
         return 0.0
-    seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
-    for w in other:
-        x0, y0, x1, y1 = _intersect(w, (rx0, ry0, rx1, ry1))
-        if x0 < x1 and y0 < y1:
-            seen[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = True
-    a_seen = a.region(rx0, ry0, rx1, ry1) & seen
-    b_seen = b.region(rx0, ry0, rx1, ry1) & seen
-    return _ratio(int((a_seen & b_seen).sum()), int(a_seen.sum()), int(b_seen.sum()))
+    # b is empty off its box: counted on its box (inside the region), not on the whole region.
+    x0, y0, x1, y1 = _intersect(b.box, region)
+    if x0 >= x1 or y0 >= y1:
+        return 0.0
+    b_mask = b.region(x0, y0, x1, y1)
+    rows, cols = slice(y0 - region[1], y1 - region[1]), slice(x0 - region[0], x1 - region[0])
+    common = np.count_nonzero(a_seen[rows, cols] & b_mask)
+    return _ratio(common, a_count, np.count_nonzero(b_mask & seen[rows, cols]))
 
 
-def _contact_ratio(a: SceneInstance, b: SceneInstance, windows: Iterable[Box]) -> float:
+@functools.lru_cache(maxsize=1 << 12)
+def _sides(window: Box) -> Tuple[Tuple[Box, Box], ...]:
+    """(line inside the window, line just outside it) for its four sides: right, left, bottom, top."""
+    x0, y0, x1, y1 = window
+    return (
+        ((x1 - 1, y0, x1, y1), (x1, y0, x1 + 1, y1)),
+        ((x0, y0, x0 + 1, y1), (x0 - 1, y0, x0, y1)),
+        ((x0, y1 - 1, x1, y1), (x0, y1, x1, y1 + 1)),
+        ((x0, y0, x1, y0 + 1), (x0, y0 - 1, x1, y0)),
+    )
+
+
+def _contact_ratio(a: _Remembered, b: _Remembered, windows: Iterable[Box]) -> float:
     """Best contact ratio of a's pixels on a border line of one of ``windows`` with b's beyond it."""
     best = 0.0
-    for x0, y0, x1, y1 in windows:
-        # (line of a inside the window, line of b just outside it), for the four sides.
-        sides = (
-            ((x1 - 1, y0, x1, y1), (x1, y0, x1 + 1, y1)),
-            ((x0, y0, x0 + 1, y1), (x0 - 1, y0, x0, y1)),
-            ((x0, y1 - 1, x1, y1), (x0, y1, x1, y1 + 1)),
-            ((x0, y0, x1, y0 + 1), (x0, y0 - 1, x1, y0)),
-        )
-        for inner, outer in sides:
-            if not (_near(a.box, inner) and _near(b.box, outer)):
+    a_box, b_box = a.box, b.box
+    for window in windows:
+        for inner, outer in _sides(window):
+            if not (_near(a_box, inner) and _near(b_box, outer)):
                 continue
-            a_line = a.region(*inner).ravel()
-            b_line = b.region(*outer).ravel()
-            best = max(best, _ratio(int((a_line & b_line).sum()), int(a_line.sum()), int(b_line.sum())))
+            # A side without pixels on either line has ratio 0: the other line is not read.
+            a_line, a_count = a.line(inner)
+            if a_count == 0:
+                continue
+            b_line, b_count = b.line(outer)
+            if b_count == 0:
+                continue
+            best = max(best, _ratio(np.count_nonzero(a_line & b_line), a_count, b_count))
     return best
+
+
+class _Remembered:
+    """An instance as the merger compares it with the pieces of one tile: its reads are kept.
+
+    A held object is compared with every piece of the new tile on the same
+    regions (the tile, the border lines of its windows next to the tile), and a
+    new piece with every held object on the same border lines; each read is
+    made once. Reads only: the instance must not change while the view is in use.
+    """
+
+    __slots__ = ("inst", "_crop", "_seen", "_lines")
+
+    def __init__(self, inst: SceneInstance, keep_crop: bool = False):
+        """
+        Args:
+            inst: the instance read.
+            keep_crop: unpack its crop once and read regions from it (for the pieces
+                of the new tile: at most T x T bytes each, as the tile's masks were).
+        """
+        self.inst = inst
+        self._crop: Optional[np.ndarray] = inst.mask if keep_crop else None
+        self._seen: Dict[Tuple[Box, Box], Tuple[np.ndarray, np.ndarray, int]] = {}
+        self._lines: Dict[Box, Tuple[np.ndarray, int]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.inst, name)
+
+    def region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """:meth:`SceneInstance.region`."""
+        if self._crop is None:
+            return self.inst.region(x0, y0, x1, y1)
+        bx0, by0, bx1, by1 = self.inst.box
+        if bx0 <= x0 < x1 <= bx1 and by0 <= y0 < y1 <= by1:  # inside the crop: a view (reads only)
+            return self._crop[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+        out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool)
+        ix0, iy0, ix1, iy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+        if ix0 < ix1 and iy0 < iy1:
+            out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = self._crop[
+                iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0
+            ]
+        return out
+
+    def seen(self, region: Box, window: Box) -> Tuple[np.ndarray, np.ndarray, int]:
+        """On ``region`` (inside ``window``): what the instance's tiles other than ``window`` saw
+        (bool (h, w)), the mask there and its pixel count."""
+        key = (region, window)
+        if key not in self._seen:
+            rx0, ry0, rx1, ry1 = region
+            seen = np.zeros((ry1 - ry0, rx1 - rx0), dtype=bool)
+            for w in self.inst.windows_near(region):
+                x0, y0, x1, y1 = _intersect(w, region)
+                if w != window and x0 < x1 and y0 < y1:
+                    seen[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = True
+            masked = self.region(*region) & seen if seen.any() else seen
+            self._seen[key] = seen, masked, np.count_nonzero(masked)
+        return self._seen[key]
+
+    def line(self, box: Box) -> Tuple[np.ndarray, int]:
+        """The mask on a line of pixels ``box`` (one row or one column), flat, and its pixel count."""
+        if box not in self._lines:
+            line = self.region(*box).ravel()
+            self._lines[box] = line, np.count_nonzero(line)
+        return self._lines[box]
 
 
 def _share_a_window(a: SceneInstance, b: SceneInstance) -> bool:
@@ -732,7 +822,7 @@ class TileMerger:
         self._done: List[SceneInstance] = []
         self._next_id = 0
 
-    def _match_ratio(self, a: SceneInstance, b: SceneInstance, window: Box) -> float:
+    def _match_ratio(self, a: _Remembered, b: _Remembered, window: Box) -> float:
         """How well ``b`` (new, from ``window``) continues ``a`` across a border; 0 when they cannot merge.
 
         ``a`` must not already hold a piece of ``window``: two instances of one
@@ -746,6 +836,12 @@ class TileMerger:
         contact = max(_contact_ratio(a, b, a_windows), _contact_ratio(b, a, [window]))
         return max(overlap, contact)
 
+    def _match_ratios(self, a: _Remembered, instances: Sequence[_Remembered], window: Box) -> List[float]:
+        """:meth:`_match_ratio` of ``a`` with each of ``instances`` (all from ``window``)."""
+        if a.has_window(window):
+            return [0.0] * len(instances)
+        return [self._match_ratio(a, b, window) for b in instances]
+
     def add(self, window: Box, instances: Sequence[SceneInstance]) -> None:
         """Add the instances found in ``window``; windows must come in row-major order."""
         top = window[1]
@@ -755,8 +851,18 @@ class TileMerger:
             self._done.append(self._active.pop(key))
         reach = (window[0] - 1, window[1] - 1, window[2] + 1, window[3] + 1)
         candidates = {key: inst for key, inst in self._active.items() if _near(inst.box, reach)}
-        for inst in instances:
-            ratios = {key: self._match_ratio(other, inst, window) for key, other in candidates.items()}
+        # The ratios of every held candidate with every new instance, one candidate at a time: its
+        # reads are the same for all the tile's instances (the regions of this tile and the border
+        # lines of its windows), so they are made once. A candidate is not changed by the unions
+        # below unless it joins one and leaves; what enters during this tile holds a piece of
+        # ``window`` and matches nothing more of it (ratio 0).
+        views = [_Remembered(inst, keep_crop=True) for inst in instances]
+        matrix = {
+            key: self._match_ratios(_Remembered(other), views, window) for key, other in candidates.items()
+        }
+        del views
+        for index, inst in enumerate(instances):
+            ratios = {key: matrix[key][index] for key in candidates if key in matrix}
             # Best match first; a match is taken only when it shares no tile with what is already joined,
             # so a merged object never holds two pieces of one tile (not even through a chain of tiles).
             ranked = sorted(

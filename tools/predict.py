@@ -63,7 +63,7 @@ from score.streaming import (
     stream_from_parts,
     write_coco_results,
 )
-from score.tiling import ArrayReader, Box, tile_windows
+from score.tiling import BAND_PIXELS, ArrayReader, Box, tile_windows
 
 logger = logging.getLogger("score.predict")
 
@@ -116,6 +116,14 @@ def get_parser() -> argparse.ArgumentParser:
         "--pixel-geojson",
         action="store_true",
         help="for a TIFF without a CRS, write GeoJSON in pixel coordinates (x = column, y = row)",
+    )
+    parser.add_argument(
+        "--band-pixels",
+        type=int,
+        default=BAND_PIXELS,
+        metavar="N",
+        help="objects whose box holds more pixels get their GeoJSON outline and overlay contours from bands "
+        f"of at most N pixels (a MultiPolygon of the bands' parts; default {BAND_PIXELS})",
     )
     parser.add_argument("--vis-max-size", type=int, default=2048, help="longest side of the overlay pictures")
     parser.add_argument("--no-vis", action="store_true", help="do not write overlay pictures")
@@ -237,6 +245,7 @@ def run_key(args: argparse.Namespace, cfg, model_digest: str, class_names: List[
         "geojson_crs": args.geojson_crs,
         "pixel_geojson": args.pixel_geojson,
         "overlay": None if args.no_vis else args.vis_max_size,
+        "band_pixels": args.band_pixels,
     }
     return {
         "model": model_digest,
@@ -257,6 +266,7 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
                 crs=reader.crs,
                 to_wgs84=reader.georeferenced and args.geojson_crs == "wgs84",
                 image=path,
+                band_pixels=args.band_pixels,
             )
         else:
             logger.warning(
@@ -277,6 +287,7 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
         features=features,
         canvas=None if args.no_vis else (lambda: preview(reader, args.vis_max_size)),
         resume=args.resume,
+        band_pixels=args.band_pixels,
     )
 
 
@@ -362,6 +373,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tile-size must be positive, got {args.tile_size}")
     if args.tile_overlap is not None and not 0 <= args.tile_overlap < (args.tile_size or 2**31):
         raise ValueError(f"--tile-overlap must be in [0, tile size), got {args.tile_overlap}")
+    if args.band_pixels <= 0:
+        raise ValueError(f"--band-pixels must be positive, got {args.band_pixels}")
 
 
 def check_output(args: argparse.Namespace) -> None:

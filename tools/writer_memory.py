@@ -7,8 +7,11 @@ the largest box, and runs each writer of a final instance on it: area, COCO
 RLE, the whole mask, the GeoJSON Feature (to /dev/null) and the overlay on a
 2048 px canvas. Before each step the peak (VmHWM) is reset through
 /proc/self/clear_refs; the step's figure is its peak above the RSS before it.
+``--band-pixels`` is the writers' threshold (tools/predict.py's option): a
+value above the object's box pixels measures the whole-mask outline and
+contours, the default the band-wise ones.
 
-    OMP_NUM_THREADS=1 python tools/writer_memory.py OUTPUT/scenes/scene_12000
+    OMP_NUM_THREADS=1 python tools/writer_memory.py OUTPUT/scenes/scene_12000 [--band-pixels N]
 """
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import)
@@ -23,7 +26,7 @@ from affine import Affine
 from score.geo import FeatureMaker
 from score.predictor import draw_instances
 from score.streaming import instance_from_record
-from score.tiling import PieceStore
+from score.tiling import BAND_PIXELS, PieceStore
 from tile_memory import status  # tools/, the folder of this script
 
 
@@ -42,6 +45,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("folder", help="scenes/<id> of an interrupted run")
+    parser.add_argument("--band-pixels", type=int, default=BAND_PIXELS, help="the writers' band threshold")
     args = parser.parse_args()
     with open(os.path.join(args.folder, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
@@ -60,7 +64,11 @@ def main() -> None:
     print("area", step("area", lambda: inst.area), "px")
     print("RLE", len(step("rle", lambda: inst.to_coco_rle(height, width))["counts"]), "characters")
     step("mask", lambda: int(inst.mask.sum()))
-    maker = FeatureMaker(["class"] * (inst.category + 1), transform=Affine.identity(), crs=None)
+    print(
+        f"band pixels {args.band_pixels} (box {(inst.box[2] - inst.box[0]) * (inst.box[3] - inst.box[1])} px)"
+    )
+    names = ["class"] * (inst.category + 1)
+    maker = FeatureMaker(names, transform=Affine.identity(), crs=None, band_pixels=args.band_pixels)
 
     def feature() -> int:
         with open(os.devnull, "w") as out:
@@ -69,7 +77,7 @@ def main() -> None:
     print("GeoJSON", step("geojson", feature), "characters")
     scale = 2048 / max(height, width)
     canvas = np.zeros((round(height * scale), round(width * scale), 3), dtype=np.uint8)
-    step("overlay", lambda: draw_instances(canvas, [inst], ["class"] * (inst.category + 1), scale))
+    step("overlay", lambda: draw_instances(canvas, [inst], names, scale, args.band_pixels))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -182,3 +183,45 @@ def test_preview_is_decimated(tmp_path):
         preview, scale = reader.read_preview(150)
     assert preview.shape == (150, 100, 3) and scale == pytest.approx(0.5)
     assert (preview == 7).all()
+
+
+def ragged(height, width, x0=3, y0=5, seed=0):
+    """A ragged instance (noise above a threshold: many parts, holes) at (x0, y0)."""
+    mask = np.random.default_rng(seed).random((height, width)) < 0.55
+    mask[0, 0] = mask[-1, -1] = True  # the box is tight
+    return SceneInstance(0, 0.5, (x0, y0, x0 + width, y0 + height), mask)
+
+
+def rasterized(geometry, transform, shape):
+    """The pixels a geometry covers (pixel centres inside), as rasterio burns it."""
+    parts = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+    shapes = [({"type": "Polygon", "coordinates": p}, 1) for p in parts]
+    return rasterio.features.rasterize(shapes, out_shape=shape, transform=transform, dtype=np.uint8) > 0
+
+
+@pytest.mark.parametrize("band_pixels", [53, 300, 37 * 53 - 1])
+def test_outline_in_bands_covers_exactly_the_mask(band_pixels):
+    transform = Affine(2.0, 0.0, 1000.0, 0.0, -3.0, 5000.0)
+    inst = ragged(37, 53)
+    shape = (50, 60)
+    whole = instance_geometry(inst, transform)
+    banded = instance_geometry(inst, transform, band_pixels=band_pixels)
+    assert banded != whole and banded["type"] == "MultiPolygon"
+    expected = inst.to_full_mask(*shape)
+    assert np.array_equal(rasterized(whole, transform, shape), expected)
+    assert np.array_equal(rasterized(banded, transform, shape), expected)
+    # Every polygon lies in one band of band_pixels // 53 rows (y = 5000 - 3 * row).
+    rows = max(1, band_pixels // 53)
+    for polygon in banded["coordinates"]:
+        top = {int((5000 - y) / 3) - 5 for _, y in polygon[0]}
+        assert max(top) - min(top) <= rows and min(top) // rows == (max(top) - 1) // rows
+
+
+def test_outline_in_bands_only_above_band_pixels_and_written_in_pieces():
+    inst = ragged(37, 53)
+    maker = FeatureMaker(["thing"], transform=Affine.identity(), crs=None, band_pixels=37 * 53)
+    assert maker.feature(inst)["geometry"] == instance_geometry(inst, Affine.identity())  # not above
+    maker = FeatureMaker(["thing"], transform=Affine.identity(), crs=None, band_pixels=400)
+    feature = maker.feature(inst)
+    assert feature["geometry"] == instance_geometry(inst, Affine.identity(), band_pixels=400)
+    assert json.loads("".join(maker.feature_json(inst))) == json.loads(json.dumps(feature))

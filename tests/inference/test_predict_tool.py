@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -120,6 +121,7 @@ def test_vocabulary_file_glob_and_no_tiling(predict_tool, inputs, tmp_path):
             "/no/such/model_final.pth",
         ),
         (["--vocab", "ship", "--tile-size", "64", "--tile-overlap", "64"], "--tile-overlap"),
+        (["--vocab", "ship", "--band-pixels", "0"], "--band-pixels"),
     ],
 )
 def test_usage_errors(predict_tool, inputs, tmp_path, messages, extra, message):
@@ -372,3 +374,29 @@ def test_malloc_threshold_is_fixed_unless_the_user_set_one(predict_tool, monkeyp
     assert predict_tool.bound_malloc_cache() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     assert predict_tool.bound_malloc_cache() is True  # glibc (Linux)
+
+
+def test_large_objects_outlined_in_bands_cover_their_masks(predict_tool, tmp_path, tiny_weights):
+    """--band-pixels below the objects' size: the same COCO results; the GeoJSON rasterizes to them."""
+    load_tool("make_geotiff_scene").make_scene(str(tmp_path / "scene.tif"), 400, seed=3)
+    argv = ["--config-file", str(TINY_CONFIG), "--input", str(tmp_path / "scene.tif")]
+    argv += ["--vocab", "building,storage tank,ship", "--confidence-threshold", "0", "--tiling", "always"]
+    argv += ["--tile-size", "128", "--tile-overlap", "32", "--vis-max-size", "200"]
+    argv += [*FAST_OPTS, "MODEL.WEIGHTS", tiny_weights]
+    assert predict_tool.main(["--output", str(tmp_path / "whole"), *argv]) == 0
+    assert predict_tool.main(["--output", str(tmp_path / "bands"), "--band-pixels", "5000", *argv]) == 0
+    whole, bands = scene_outputs(tmp_path / "whole"), scene_outputs(tmp_path / "bands")
+    assert bands["coco"] == whole["coco"] and bands["collection"] != whole["collection"]
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        transform = src.transform
+    annotations, features = bands["coco"]["annotations"], bands["collection"]["features"]
+    large = 0
+    for annotation, feature in zip(annotations, features, strict=True):
+        mask = mask_util.decode(annotation["segmentation"]).astype(bool)
+        geometry = feature["geometry"]
+        parts = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+        shapes = [({"type": "Polygon", "coordinates": p}, 1) for p in parts]
+        covered = rasterio.features.rasterize(shapes, out_shape=mask.shape, transform=transform) > 0
+        assert np.array_equal(covered, mask) and feature["properties"]["area_px"] == mask.sum()
+        large += annotation["bbox"][2] * annotation["bbox"][3] > 5000
+    assert large > 0

@@ -7,6 +7,7 @@ import torch
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_util
 
+from score import predictor as predictor_module
 from score.predictor import (
     SCOREPredictor,
     check_weights,
@@ -221,3 +222,33 @@ def test_coco_annotations_and_overlay():
     half = draw_instances(np.zeros((20, 15, 3), dtype=np.uint8), [inst], ["a", "b"], scale=0.5)
     assert half.shape == (20, 15, 3)
     assert draw_instances(image, [], ["a"]).shape == (40, 30, 3)
+
+
+def ragged_instance(height=61, width=47, x0=7, y0=4):
+    mask = np.random.default_rng(1).random((height, width)) < 0.3
+    mask[0, 0] = mask[-1, -1] = True
+    return SceneInstance(0, 0.7, (x0, y0, x0 + width, y0 + height), mask)
+
+
+@pytest.mark.parametrize("band_pixels", [47, 500, 61 * 47 - 1])
+def test_overlay_of_a_large_object_from_its_mask_reduced_band_by_band(band_pixels):
+    inst = ragged_instance()
+    image = np.full((70, 60, 3), 30, dtype=np.uint8)
+    # At full scale the reduced mask is the mask: the same contours, the same picture.
+    whole = draw_instances(image, [inst], ["a"])
+    assert np.array_equal(draw_instances(image, [inst], ["a"], band_pixels=band_pixels), whole)
+
+    scale = 0.37
+    reduced, corner = predictor_module._reduced_mask(inst, scale, band_pixels)
+    # Reference: every mask pixel sets the picture pixel its centre falls in.
+    rows, cols = np.nonzero(inst.to_full_mask(70, 60))
+    expected = np.zeros((26, 23), dtype=bool)
+    expected[np.floor((rows + 0.5) * scale).astype(int), np.floor((cols + 0.5) * scale).astype(int)] = True
+    x0, y0 = corner
+    assert corner == (2, 1) and np.array_equal(
+        expected[y0 : y0 + reduced.shape[0], x0 : x0 + reduced.shape[1]], reduced
+    )
+    assert not expected[:y0].any() and not expected[:, :x0].any()
+    small = np.full((26, 23, 3), 30, dtype=np.uint8)
+    drawn = draw_instances(small, [inst], ["a"], scale, band_pixels=band_pixels)
+    assert (drawn != small).any(axis=2)[expected].mean() > 0.9  # the object is filled where it is

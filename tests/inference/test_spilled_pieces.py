@@ -10,10 +10,12 @@ import json
 
 import numpy as np
 import pytest
+import rasterio.features
 from affine import Affine
 
 from score import tiling
 from score.geo import FeatureMaker, instance_geometry
+from score.predictor import _reduced_mask
 from score.streaming import SceneStream, instance_from_record, instance_record, predict_tiles
 from score.tiling import (
     ArrayReader,
@@ -169,3 +171,84 @@ def test_box_grid_finds_the_boxes_near_a_box(cell):
     for x, y, w, h in rng.integers(-5, 70, (100, 4)):
         query = (int(x), int(y), int(x + abs(w) // 4), int(y + abs(h) // 4))
         assert grid.near(query) == [i for i, b in enumerate(boxes) if tiling._near(b, query)]
+
+
+def reference_ratio(a, b, window, shape):
+    """The match ratio of TileMerger's docstring, on whole masks (padded by 1 px for the lines outside)."""
+    if a.category != b.category or not tiling._near(a.box, b.box) or window in a.windows:
+        return 0.0
+    pad = [np.pad(i.to_full_mask(*shape), 1) for i in (a, b)]
+
+    def at(mask, box):
+        x0, y0, x1, y1 = box
+        return mask[y0 + 1 : y1 + 1, x0 + 1 : x1 + 1]
+
+    def ratio(common, p, q):
+        return common / min(p, q) if min(p, q) > 0 else 0.0
+
+    best = 0.0
+    region = tiling._intersect(window, tiling._hull([a.box, b.box]))
+    if region[0] < region[2] and region[1] < region[3]:
+        seen = np.zeros_like(pad[0])
+        for w in a.windows:
+            if w != window:
+                at(seen, w)[:] = True
+        inside = np.zeros_like(seen)
+        at(inside, region)[:] = True
+        a_seen, b_seen = pad[0] & seen & inside, pad[1] & seen & inside
+        best = ratio(np.count_nonzero(a_seen & b_seen), np.count_nonzero(a_seen), np.count_nonzero(b_seen))
+    for (p, p_box, p_windows), (q, q_box) in [
+        ((pad[0], a.box, [w for w in a.windows if tiling._near(w, b.box)]), (pad[1], b.box)),
+        ((pad[1], b.box, [window]), (pad[0], a.box)),
+    ]:
+        for x0, y0, x1, y1 in p_windows:
+            sides = [
+                ((x1 - 1, y0, x1, y1), (x1, y0, x1 + 1, y1)),
+                ((x0, y0, x0 + 1, y1), (x0 - 1, y0, x0, y1)),
+                ((x0, y1 - 1, x1, y1), (x0, y1, x1, y1 + 1)),
+                ((x0, y0, x1, y0 + 1), (x0, y0 - 1, x1, y0)),
+            ]
+            for inner, outer in sides:
+                if tiling._near(p_box, inner) and tiling._near(q_box, outer):
+                    p_line, q_line = at(p, inner).ravel(), at(q, outer).ravel()
+                    common = np.count_nonzero(p_line & q_line)
+                    best = max(best, ratio(common, np.count_nonzero(p_line), np.count_nonzero(q_line)))
+    return best
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_match_ratios_of_a_tile_equal_their_definition_on_whole_masks(tmp_path, spill):
+    """The merger reads each held object once per tile (tiling._Remembered): the ratios are the same."""
+    scene = ragged_scene()
+    shape = scene.shape[:2]
+    merger = TileMerger(store=PieceStore(str(tmp_path / "pieces.bin")) if spill else None)
+    checked = 0
+    for window in tile_windows(*shape, 64, 13):
+        tile = scene[window[1] : window[3], window[0] : window[2]]
+        pieces = instances_to_scene(ragged_predictor(tile), window)
+        views = [tiling._Remembered(p, keep_crop=True) for p in pieces]
+        for _, held in merger.held:
+            got = merger._match_ratios(tiling._Remembered(held), views, window)
+            assert got == pytest.approx([reference_ratio(held, p, window, shape) for p in pieces], abs=0)
+            checked += sum(r > 0 for r in got)
+        merger.add(window, pieces)
+    assert checked > 50
+
+
+def test_scene_sized_chains_outlined_and_reduced_band_by_band(tmp_path):
+    """Chains as large as the scene, read from their pieces in bands: outline and overlay mask."""
+    scene = ragged_scene()
+    shape = scene.shape[:2]
+    expected = tiled_inference(ragged_predictor, scene, tile_size=64, overlap=13)
+    got = merge(scene, 64, 13, PieceStore(str(tmp_path / "pieces.bin")))
+    chains = [(a, b) for a, b in zip(got, expected) if isinstance(a, SpilledInstance)]
+    assert len(chains) == 7
+    for spilled, in_memory in chains:
+        geometry = instance_geometry(spilled, Affine.identity(), band_pixels=1000)  # bands of 5 rows
+        assert geometry == instance_geometry(in_memory, Affine.identity(), band_pixels=1000)
+        polygons = [({"type": "Polygon", "coordinates": p}, 1) for p in geometry["coordinates"]]
+        covered = rasterio.features.rasterize(polygons, out_shape=shape, dtype=np.uint8) > 0
+        assert np.array_equal(covered, spilled.to_full_mask(*shape))
+        reduced = _reduced_mask(spilled, 0.3, 1000)
+        assert np.array_equal(reduced[0], _reduced_mask(in_memory, 0.3, 10**9)[0])
+        assert reduced[1] == (0, 0) and reduced[0].shape == (61, 59)

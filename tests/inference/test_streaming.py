@@ -250,3 +250,20 @@ def test_coco_results_join_numbers_the_annotations(tmp_path):
     assert result["images"] == images and result["categories"] == [{"id": 1, "name": "x"}]
     assert [a["id"] for a in result["annotations"]] == [1, 2, 3, 4, 5]
     assert [a["image_id"] for a in result["annotations"]] == ["a", "a", "c", "c", "c"]
+
+
+def test_partial_output_of_an_older_manifest_version_is_started_over_with_a_warning(tmp_path, caplog):
+    with pytest.raises(Interrupt):
+        predict_tiles(
+            interrupting(blob_predictor, 6),
+            ArrayReader(SCENE),
+            open_stream(tmp_path, WINDOWS),
+            progress=False,
+        )
+    manifest = tmp_path / "scenes" / "scene" / "manifest.json"
+    old = {**json.loads(manifest.read_text()), "version": 1}
+    manifest.write_text(json.dumps(old))
+    with caplog.at_level("WARNING", logger="score.streaming"):
+        fresh = open_stream(tmp_path, WINDOWS)
+    assert fresh.start_tile == 0 and not fresh.resumed
+    assert any(str(manifest) in r.getMessage() and "version 1" in r.getMessage() for r in caplog.records)
