@@ -215,14 +215,16 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, after):
     assert again.complete and again.detections == resumed.detections
 
 
-def test_partial_output_of_another_run(tmp_path):
+def interrupt_after_six_tiles(out):
+    """A partial output under ``out``: the blob scene's stream interrupted at its seventh tile."""
     with pytest.raises(Interrupt):
         predict_tiles(
-            interrupting(blob_predictor, 6),
-            ArrayReader(SCENE),
-            open_stream(tmp_path, WINDOWS),
-            progress=False,
+            interrupting(blob_predictor, 6), ArrayReader(SCENE), open_stream(out, WINDOWS), progress=False
         )
+
+
+def test_partial_output_of_another_run(tmp_path):
+    interrupt_after_six_tiles(tmp_path)
     other = {"scene": "blobs", "vocabulary": ["red thing"]}
     with pytest.raises(ValueError, match="vocabulary"):
         open_stream(tmp_path, WINDOWS, key=other, resume="always")
@@ -253,13 +255,7 @@ def test_coco_results_join_numbers_the_annotations(tmp_path):
 
 
 def test_partial_output_of_an_older_manifest_version_is_started_over_with_a_warning(tmp_path, caplog):
-    with pytest.raises(Interrupt):
-        predict_tiles(
-            interrupting(blob_predictor, 6),
-            ArrayReader(SCENE),
-            open_stream(tmp_path, WINDOWS),
-            progress=False,
-        )
+    interrupt_after_six_tiles(tmp_path)
     manifest = tmp_path / "scenes" / "scene" / "manifest.json"
     old = {**json.loads(manifest.read_text()), "version": 1}
     manifest.write_text(json.dumps(old))
