@@ -13,7 +13,7 @@ functions that took the most time (cProfile).
     OMP_NUM_THREADS=1 python tools/merge_replay.py record --config-file configs/tiny/score_tiny_isaid.yaml \\
         --input scene_3000.tif --vocab "building,storage tank,ship" --confidence-threshold 0 \\
         --parts /tmp/parts3000.jsonl --opts MODEL.WEIGHTS tiny.pth
-    OMP_NUM_THREADS=1 python tools/merge_replay.py replay --parts /tmp/parts3000.jsonl [--profile]
+    OMP_NUM_THREADS=1 python tools/merge_replay.py replay --parts /tmp/parts3000.jsonl [--profile] [--rows]
 """
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import)
@@ -58,36 +58,53 @@ def record(args: argparse.Namespace) -> None:
 
 
 def replay(args: argparse.Namespace) -> None:
-    with open(args.parts, encoding="utf-8") as f:
-        key = json.loads(f.readline())["key"]
-        windows = tile_windows(*key["scene"], *key["tile"])
-        tiles = [json.loads(line) for line in f]
     times = []
     profile = cProfile.Profile()
-    with tempfile.TemporaryDirectory() as folder:
+    with open(args.parts, encoding="utf-8") as f, tempfile.TemporaryDirectory() as folder:
+        key = json.loads(f.readline())["key"]
+        windows = tile_windows(*key["scene"], *key["tile"])
         merger = TileMerger(match_threshold=args.merge_threshold, store=PieceStore(os.path.join(folder, "p")))
-        for tile in tiles:
+        row_top, row_start = None, 0
+        for line in f:  # one tile at a time: a large scene's pieces need not fit in memory
+            tile = json.loads(line)
+            window = windows[tile["tile"]]
+            if args.rows and window[1] != row_top:
+                if row_top is not None:
+                    _print_row(row_top, times[row_start:], merger)
+                row_top, row_start = window[1], len(times)
             pieces = [instance_from_record(r) for r in tile["pieces"]]
             start = time.perf_counter()
             if args.profile:
                 profile.enable()
-            merger.add(windows[tile["tile"]], pieces)
+            merger.add(window, pieces)
             if args.profile:
                 profile.disable()
             times.append(time.perf_counter() - start)
+        if args.rows and row_top is not None:
+            _print_row(row_top, times[row_start:], merger)
         merged = merger.finish()
         digest = hashlib.sha256()
         for inst in merged:
             digest.update(json.dumps(instance_record(inst)).encode())
     first, last = times[:20], times[-20:]
     print(
-        f"{len(tiles)} tiles merged in {sum(times):.1f} s ({sum(first) / len(first):.3f} s a tile over the "
+        f"{len(times)} tiles merged in {sum(times):.1f} s ({sum(first) / len(first):.3f} s a tile over the "
         f"first 20, {sum(last) / len(last):.3f} over the last 20); {len(merged)} objects, "
         f"records sha256 {digest.hexdigest()[:16]}",
         flush=True,
     )
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+def _print_row(top: int, times: list, merger: TileMerger) -> None:
+    held = [inst for _, inst in merger.held]
+    longest = max((inst.window_count for inst in held), default=0)
+    print(
+        f"row at y={top}: {len(times)} tiles, {sum(times):.2f} s ({max(times):.3f} s the slowest); "
+        f"{len(held)} held, the longest over {longest} tiles",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -108,6 +125,7 @@ def main() -> None:
     rep.add_argument("--parts", required=True)
     rep.add_argument("--merge-threshold", type=float, default=0.5)
     rep.add_argument("--profile", action="store_true", help="print cProfile's 25 most costly functions")
+    rep.add_argument("--rows", action="store_true", help="print the time of each row of tiles")
     args = parser.parse_args()
     if args.command == "record":
         record(args)
