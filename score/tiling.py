@@ -189,6 +189,10 @@ class SceneInstance:
     def window_count(self) -> int:
         return len(self.windows)
 
+    def window_array(self) -> np.ndarray:
+        """:attr:`windows` as an int array (n, 4)."""
+        return np.asarray(self.windows, dtype=np.int64).reshape(-1, 4)
+
     @property
     def area(self) -> int:
         """Number of mask pixels."""
@@ -440,6 +444,11 @@ class _BoxGrid:
         """All boxes, in the order they were added."""
         return [tuple(b) for b in self._boxes[: self.count].tolist()]
 
+    @property
+    def array(self) -> np.ndarray:
+        """All boxes as int32 (count, 4), in the order they were added (a view: read only)."""
+        return self._boxes[: self.count]
+
     def near(self, box: Box) -> List[int]:
         """Indices of the boxes that overlap or touch ``box``, increasing."""
         found = [self._cells[key] for key in self._keys(box) if key in self._cells]
@@ -508,6 +517,9 @@ class SpilledInstance(SceneInstance):
     @property
     def window_count(self) -> int:
         return self._windows.count
+
+    def window_array(self) -> np.ndarray:
+        return self._windows.array
 
     @property
     def pieces(self) -> List[Tuple[Box, int]]:
@@ -757,9 +769,24 @@ class _Remembered:
 
 
 def _share_a_window(a: SceneInstance, b: SceneInstance) -> bool:
-    """Whether two instances hold a piece of one tile (the smaller's windows looked up in the other)."""
+    """Whether two instances hold a piece of one tile (the smaller's windows looked up in the other).
+
+    Two chains across a scene hold thousands of windows each. Chains that
+    meet at a tile mostly share its neighbours, the windows they joined last:
+    those are looked up first. Otherwise the top-left corners are compared at
+    once (``np.isin``), and only the windows whose corner the other also has
+    are looked up whole.
+    """
     small, large = (a, b) if a.window_count <= b.window_count else (b, a)
-    return any(large.has_window(w) for w in small.windows)
+    if small.window_count <= 8:
+        return any(large.has_window(w) for w in small.windows)
+    mine = small.window_array()
+    if any(large.has_window(tuple(w)) for w in mine[-4:].tolist()):
+        return True
+    mine, theirs = mine.astype(np.int64), large.window_array().astype(np.int64)
+    # Pixel coordinates are non-negative: x0 << 32 | y0 is one integer per corner.
+    corner = np.isin((mine[:, 0] << 32) | mine[:, 1], (theirs[:, 0] << 32) | theirs[:, 1])
+    return any(large.has_window(tuple(mine[i].tolist())) for i in np.flatnonzero(corner))
 
 
 def _union(parts: Sequence[SceneInstance], store: Optional[PieceStore] = None) -> SceneInstance:

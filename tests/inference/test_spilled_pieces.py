@@ -173,6 +173,34 @@ def test_box_grid_finds_the_boxes_near_a_box(cell):
         assert grid.near(query) == [i for i, b in enumerate(boxes) if tiling._near(b, query)]
 
 
+@pytest.mark.parametrize("spill", [False, True])
+def test_share_a_window_equals_the_intersection_of_the_window_sets(tmp_path, spill):
+    """Chains of thousands of windows are compared by corner first (tiling._share_a_window)."""
+    rng = np.random.default_rng(3)
+    grid = [(x, y, x + 256, y + 256) for y in range(0, 24000, 192) for x in range(0, 24000, 192)]
+    store = PieceStore(str(tmp_path / "pieces.bin"))
+
+    def chain(windows):
+        if not spill:
+            return SceneInstance(0, 0.5, (0, 0, 1, 1), np.ones((1, 1), bool), windows)
+        return SpilledInstance(0, 0.5, (0, 0, 1, 1), windows, [], store)
+
+    cases = []
+    for n, m in [(3, 3000), (9, 9), (40, 3000), (3000, 3000)]:
+        a = [grid[i] for i in rng.choice(len(grid), n, replace=False)]
+        others = [w for w in grid if w not in set(a)]
+        b = [others[i] for i in rng.choice(len(others), m, replace=False)]
+        cases.append((a, b))  # disjoint
+        cases.append((a, b + [a[len(a) // 2]]))  # one shared window, neither recent in a nor in b
+        # Same top-left corners, other windows (another tiling): not shared.
+        cases.append((a, [(x0, y0, x1 + 1, y1) for x0, y0, x1, y1 in a]))
+    for a, b in cases:
+        expected = bool(set(a) & set(b))
+        assert tiling._share_a_window(chain(a), chain(b)) == expected
+        assert tiling._share_a_window(chain(b), chain(a)) == expected
+    assert sum(bool(set(a) & set(b)) for a, b in cases) == 4
+
+
 def reference_ratio(a, b, window, shape):
     """The match ratio of TileMerger's docstring, on whole masks (padded by 1 px for the lines outside)."""
     if a.category != b.category or not tiling._near(a.box, b.box) or window in a.windows:
