@@ -129,9 +129,11 @@ def add_score_config(cfg: CN) -> None:
     # QuickGELU (x * sigmoid(1.702 x)) in the context tower's MLPs, as the
     # authors run it; False builds plain GELU as RemoteCLIP's usage notes do.
     cfg.MODEL.SCORE.RSCLIP_QUICK_GELU = True
-    # dtype of the context tower: "float16" (the authors' loader), "float32", or
-    # "auto": float16 on CUDA, float32 on CPU (where float16 matmuls are emulated;
-    # changes the numbers slightly, docs/PERFORMANCE.md). The recipes keep float16.
+    # dtype of the context tower: "float16" (the authors' loader), "bfloat16",
+    # "float32", or "auto": float16 on CUDA, float32 on CPU (for CPUs that emulate
+    # float16 products). All but float16 change the numbers slightly; which is
+    # fastest depends on the CPU (docs/PERFORMANCE.md, docs/PREDICT.md "Speed on a
+    # CPU"). The recipes keep float16.
     cfg.MODEL.SCORE.RSCLIP_DTYPE = "float16"
     # Side (px) of the square the normalised batch is resized to for the
     # context tower (bilinear, align_corners False); 224 gives a 16 x 16 grid.

@@ -8,11 +8,23 @@ Each variant (NAME=CHECKOUT[:KEY,VALUE,...]) runs in a fresh interpreter with
 that checkout's ``score`` first on the path, one thread, one after the other
 (never two full-size models at once), the variants alternating for
 ``--rounds`` rounds so that a change in the machine's load hits all of them.
-Each run builds the full SCORE model (configs/score_isaid_instance.yaml)
-with RANDOM weights from seed 0 (``RANDOM_INIT_CLIP``: no weights can be
-downloaded here; the same seed gives the same weights in every checkout that
-builds the same modules, checked by a parameter checksum), the text
-classifier replaced by seeded random rows, and then:
+Each run builds the full SCORE model (``--config``, by default
+configs/score_isaid_instance.yaml) with RANDOM weights from seed 0
+(``RANDOM_INIT_CLIP``: no weights can be downloaded here; the same seed gives
+the same weights in every checkout that builds the same modules, checked by a
+parameter checksum), the text classifier replaced by seeded random rows.
+With ``--trained`` it loads instead the weights the config and ``--opts``
+name (``MODEL.WEIGHTS``, the CLIP towers' files), as ``tools/predict.py``
+does, and encodes the vocabulary (``--vocab``, by default NWPU VHR-10's
+classes) with the text tower: to check a speed option on your own model and
+images:
+
+    python tools/compare_checkouts.py --trained --variant ref=. \
+        --variant fast=.:MODEL.SCORE.DECODER_FUSED_ATTENTION,True \
+        --image-dir my_images --images a.png b.png --vocab "ship,harbor" \
+        --output /tmp/fast_vs_ref --opts MODEL.WEIGHTS model_final.pth
+
+Then each run makes:
 
 * a warm-up forward on the first ``--images`` image (its outputs kept);
 * a timed forward on a random 512 x 683 image (the size of a 600 x 800
@@ -53,7 +65,8 @@ from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
 checkout, config, images, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-out, warm_up_all = sys.argv[5], sys.argv[6] == "1"
+out, warm_up_all, trained = sys.argv[5], sys.argv[6] == "1", sys.argv[7] == "1"
+vocabulary = json.loads(sys.argv[8])
 import score  # noqa
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -64,17 +77,22 @@ from score.data import datasets
 cfg = get_score_cfg()
 cfg.merge_from_file(str(Path(checkout) / config))
 cfg.merge_from_list(opts)
-cfg.MODEL.SCORE.RANDOM_INIT_CLIP = True
+if not trained:
+    cfg.MODEL.SCORE.RANDOM_INIT_CLIP = True
 cfg.MODEL.DEVICE = "cpu"
 cfg.freeze()
 torch.manual_seed(0)
-model = build_model(cfg).eval()
+if trained:
+    from score.predictor import SCOREPredictor
+    model = SCOREPredictor(cfg).model
+else:
+    model = build_model(cfg).eval()
+    embed_dim = model.backbone.embed_dim
+    def rows(prompts, generator=torch.Generator().manual_seed(0)):
+        return torch.randn(len(prompts), embed_dim, generator=generator)
+    model.text_classifiers.encode_fn = rows
 checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-embed_dim = model.backbone.embed_dim
-def rows(prompts, generator=torch.Generator().manual_seed(0)):
-    return torch.randn(len(prompts), embed_dim, generator=generator)
-model.text_classifiers.encode_fn = rows
-model.set_vocabulary(list(datasets.NWPU_CLASSES))
+model.set_vocabulary(vocabulary or list(datasets.NWPU_CLASSES))
 resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
 def load(path):
@@ -170,10 +188,29 @@ def main() -> None:
         help="run every input once, untimed, before the timed forwards (each image then counts; "
         "a compiled variant has then met every input size)",
     )
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="load the weights the config and --opts name and encode --vocab with the text tower "
+        "(default: random weights from seed 0 and random text rows)",
+    )
+    parser.add_argument(
+        "--vocab", default="", help="class names, comma-separated (default: NWPU VHR-10's ten classes)"
+    )
     parser.add_argument("--output", required=True, help="OUTPUT.json, OUTPUT.md")
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="KEY VALUE ... config overrides for every variant (before its own; relative paths are "
+        "read from each checkout); must come last",
+    )
     args = parser.parse_args()
-    variants = [_parse_variant(v) for v in args.variant]
-    images = [str(Path(args.image_dir) / name) for name in args.images]
+    variants = [
+        (name, checkout, args.opts + opts) for name, checkout, opts in map(_parse_variant, args.variant)
+    ]
+    vocabulary = [name.strip() for name in args.vocab.split(",") if name.strip()]
+    images = [str(Path(args.image_dir).resolve() / name) for name in args.images]
     work = Path(tempfile.mkdtemp(prefix="compare_checkouts_"))
     runs = []
     for round_index in range(args.rounds):
@@ -193,7 +230,16 @@ def main() -> None:
             ]
             load = os.getloadavg()[0]
             subprocess.run(
-                command + [str(out), "1" if args.warm_up_all else "0"], check=True, cwd=checkout, env=env
+                command
+                + [
+                    str(out),
+                    "1" if args.warm_up_all else "0",
+                    "1" if args.trained else "0",
+                    json.dumps(vocabulary),
+                ],
+                check=True,
+                cwd=checkout,
+                env=env,
             )
             result = json.loads(Path(f"{out}.json").read_text())
             runs.append({"variant": name, "round": round_index, "load1": load, **result, "out": str(out)})
@@ -234,15 +280,16 @@ def main() -> None:
                 agreement.append({"variant": name, "against": ref_name, "image": image, **row})
     report = {"variants": args.variant, "runs": runs, "speed": speed, "agreement": agreement}
     Path(f"{args.output}.json").write_text(json.dumps(report, indent=1))
+    weights = "trained weights" if args.trained else "random weights (seed 0)"
     text = "\n".join(
         [
             f"Command: `{' '.join(sys.argv)}`",
             "",
-            "Full SCORE, random weights (seed 0), CPU, 1 thread, one 512 x 683 image per timed forward:",
+            f"`{args.config}`, {weights}, CPU, 1 thread, one 512 x 683 image per timed forward:",
             "",
             tabulate(speed, headers="keys", tablefmt="github"),
             "",
-            "Agreement on the NWPU sample images (detections in score order), of each variant"
+            "Agreement on the images (detections in score order), of each variant"
             " listed after the one in `against`:",
             "",
             tabulate(agreement, headers="keys", tablefmt="github"),
