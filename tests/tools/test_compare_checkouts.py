@@ -41,6 +41,8 @@ def test_trained_mode_loads_the_weights_and_encodes_the_vocabulary(tmp_path):
             sys.executable,
             "tools/compare_checkouts.py",
             "--trained",
+            "--repeats",
+            "2",
             "--config",
             "configs/tiny/score_tiny_isaid.yaml",
             "--variant",
@@ -75,6 +77,9 @@ def test_trained_mode_loads_the_weights_and_encodes_the_vocabulary(tmp_path):
     assert [r["variant"] for r in report["runs"]] == ["ref", "again", "fused"]
     for run in report["runs"]:
         assert run["checksum"] == _checksum(model) != seed0
+        assert len(run["seconds_512x683_all"]) == 2 and run["seconds_512x683"] == min(
+            run["seconds_512x683_all"]
+        )
         outputs = np.load(f"{run['out']}.npz")
         for image in ("a", "b"):
             classes = outputs[f"{image}_classes"]
