@@ -214,6 +214,8 @@ def main() -> None:
         "read from each checkout); must come last",
     )
     args = parser.parse_args()
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error(f"--repeats and --rounds must be at least 1, got {args.repeats} and {args.rounds}")
     variants = [
         (name, checkout, args.opts + opts) for name, checkout, opts in map(_parse_variant, args.variant)
     ]

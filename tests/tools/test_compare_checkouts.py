@@ -90,3 +90,16 @@ def test_trained_mode_loads_the_weights_and_encodes_the_vocabulary(tmp_path):
         same = rows[("again", image)]
         assert same["classes_equal"] and same["min_mask_iou"] == 1.0 and same["max_score_diff"] == 0.0
     assert "trained weights" in Path(f"{output}.md").read_text()
+
+
+def test_no_timed_forward_is_refused_before_any_model_is_built(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "tools/compare_checkouts.py", "--variant", f"a={REPO}", "--repeats", "0"]
+        + ["--output", str(tmp_path / "report")],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "--repeats and --rounds must be at least 1" in done.stderr
+    assert not (tmp_path / "report.json").exists()
