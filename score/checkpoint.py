@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -42,6 +41,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from tabulate import tabulate
+
+from .fileio import atomic_write
 
 __all__ = [
     "OFFICIAL_RENAMES",
@@ -253,26 +254,11 @@ class SCORECheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        self._write_atomically(save_file, lambda f: torch.save(data, f), binary=True)
+        with atomic_write(save_file, "wb") as f:
+            torch.save(data, f)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        self._write_atomically(path, lambda f: f.write(last_filename_basename), binary=False)
-
-    @staticmethod
-    def _write_atomically(path: str, write, *, binary: bool) -> None:
-        """Write through ``write(file)`` to a hidden temporary file next to ``path``, then rename it."""
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb" if binary else "w") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path) as f:
+            f.write(last_filename_basename)

@@ -26,7 +26,6 @@ from detectron2.structures import ImageList
 from detectron2.utils.logger import log_first_n
 from torch import Tensor, nn
 
-from .data.datasets import dataset_classes, train_vocabulary
 from .modeling.clip_weights import weights_fingerprint
 from .modeling.context import ContextFeatures, build_context_encoder
 from .modeling.criterion import SetCriterion
@@ -36,8 +35,9 @@ from .modeling.inference_compile import check_compile_names
 from .modeling.matcher import HungarianMatcher
 from .modeling.open_vocab import classification_logits, geometric_ensemble, mask_pool
 from .modeling.postprocessing import instance_inference
-from .modeling.text_classifier import TextClassifierBank, classifier_cache_key, seen_flags
+from .modeling.text_classifier import TextClassifierBank, classifier_cache_key
 from .profiling import profiled
+from .vocabulary import dataset_classes, seen_flags, train_vocabulary
 
 __all__ = ["SCORE"]
 

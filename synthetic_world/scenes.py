@@ -53,7 +53,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from score.data.datasets import SPLITS, SplitSpec, canonical_class_name
+from score.data.datasets import SPLITS, SplitSpec
+from score.vocabulary import canonical_class_name
 
 __all__ = [
     "CONCEPTS",

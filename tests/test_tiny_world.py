@@ -22,7 +22,7 @@ from detectron2.structures import Instances
 
 import score.meta_arch
 from score.data.datasets import SPLITS
-from score.modeling.text_classifier import seen_flags
+from score.vocabulary import seen_flags
 from synthetic_world import render_image
 from tests.conftest import REPO
 

@@ -517,7 +517,8 @@ def benchmark_text_classifier(
     from detectron2.modeling import build_backbone
 
     from score.data import datasets
-    from score.modeling.text_classifier import TextClassifierBank, normalize_class_name
+    from score.modeling.text_classifier import TextClassifierBank
+    from score.vocabulary import normalize_class_name
 
     torch.manual_seed(0)
     cfg = build_cfg(which, "FC-CLIP", device)

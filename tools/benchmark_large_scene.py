@@ -101,9 +101,9 @@ def oracle_child(output: str, scene: str, overlay: bool = True) -> None:
     import torch
     from detectron2.structures import Instances
 
-    from score.geo import FeatureMaker, GeoTiffReader
-    from score.streaming import SceneStream, predict_tiles
-    from score.tiling import tile_windows
+    from score.predict.geo import FeatureMaker, GeoTiffReader
+    from score.predict.streaming import SceneStream, predict_tiles
+    from score.predict.tiling import tile_windows
 
     def discs(tile):
         masks, classes = [], []

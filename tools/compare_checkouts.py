@@ -84,7 +84,7 @@ cfg.MODEL.DEVICE = "cpu"
 cfg.freeze()
 torch.manual_seed(0)
 if trained:
-    from score.predictor import SCOREPredictor
+    from score.predict.predictor import SCOREPredictor
     model = SCOREPredictor(cfg).model
 else:
     model = build_model(cfg).eval()

@@ -3,9 +3,9 @@
 
 ``record`` predicts every tile of a GeoTIFF as tools/predict.py does
 (SCOREPredictor, 256 px tiles with 64 px overlap unless told) and writes
-their pieces to a line file (:func:`score.streaming.predict_tile_part`);
-``replay`` feeds them, in tile order, to a :class:`score.tiling.TileMerger`
-with a :class:`score.tiling.PieceStore` (as :class:`score.streaming.SceneStream`
+their pieces to a line file (:func:`score.predict.streaming.predict_tile_part`);
+``replay`` feeds them, in tile order, to a :class:`score.predict.tiling.TileMerger`
+with a :class:`score.predict.tiling.PieceStore` (as :class:`score.predict.streaming.SceneStream`
 does), prints the time a tile took and a SHA-256 of the merged objects'
 records (equal digests: the same merge), and with ``--profile`` the
 functions that took the most time (cProfile).
@@ -26,14 +26,15 @@ import pstats
 import tempfile
 import time
 
-from score.streaming import instance_from_record, instance_record, predict_tile_part
-from score.tiling import PieceStore, TileMerger, tile_windows
+from score.predict.streaming import instance_from_record, instance_record, predict_tile_part
+from score.predict.tiling import PieceStore, TileMerger, tile_windows
 
 
 def record(args: argparse.Namespace) -> None:
     from score.config import get_score_cfg
-    from score.geo import GeoTiffReader
-    from score.predictor import SCOREPredictor, parse_vocabulary
+    from score.predict.geo import GeoTiffReader
+    from score.predict.predictor import SCOREPredictor
+    from score.vocabulary import parse_vocabulary
 
     cfg = get_score_cfg()
     cfg.merge_from_file(args.config_file)

@@ -50,9 +50,10 @@ from tqdm import tqdm
 
 from score.config import get_score_cfg
 from score.engine import adapt_cfg_to_device
-from score.geo import GEO_SUFFIXES, FeatureMaker, GeoTiffReader, read_image_uint8
-from score.predictor import SCOREPredictor, display_name, parse_vocabulary
-from score.streaming import (
+from score.predict.geo import GEO_SUFFIXES, FeatureMaker, GeoTiffReader, read_image_uint8
+from score.predict.predictor import SCOREPredictor
+from score.vocabulary import display_name, first_synonym, parse_vocabulary
+from score.predict.streaming import (
     SceneStream,
     file_digest,
     part_path,
@@ -63,7 +64,7 @@ from score.streaming import (
     stream_from_parts,
     write_coco_results,
 )
-from score.tiling import BAND_PIXELS, ArrayReader, Box, tile_windows
+from score.predict.tiling import BAND_PIXELS, ArrayReader, Box, tile_windows
 
 logger = logging.getLogger("score.predict")
 
@@ -486,7 +487,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         failed = [path for _, part in gathered for path in part]
     if rank == 0:
         categories = [
-            {"id": i + 1, "name": display_name(n), "synonyms": [s.strip() for s in n.split(",") if s.strip()]}
+            {
+                "id": i + 1,
+                "name": first_synonym(n),
+                "synonyms": [s.strip() for s in n.split(",") if s.strip()],
+            }
             for i, n in enumerate(class_names)
         ]
         results_path = os.path.join(args.output, "predictions.json")

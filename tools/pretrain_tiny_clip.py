@@ -53,11 +53,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from score.data.datasets import SPLITS, canonical_class_name
+from score.data.datasets import SPLITS
 from score.modeling.context.remoteclip import value_only_block
 from score.modeling.open_vocab import mask_pool
-from score.modeling.text_classifier import RS_TEMPLATES
-from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT, register_tiny_clip_configs
+from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT
+from score.vocabulary import RS_TEMPLATES, canonical_class_name
 from synthetic_world import (
     SCENE_TYPES,
     draw_object,
@@ -395,7 +395,6 @@ def main(argv=None) -> float:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
-    register_tiny_clip_configs()
     model = open_clip.create_model(args.model)
     tokenizer = open_clip.get_tokenizer(args.model)
     size = (

@@ -22,9 +22,10 @@ import time
 import numpy as np
 
 from score.config import get_score_cfg
-from score.geo import GeoTiffReader
-from score.predictor import SCOREPredictor, parse_vocabulary
-from score.tiling import instances_to_scene, tile_windows
+from score.predict.geo import GeoTiffReader
+from score.predict.predictor import SCOREPredictor
+from score.vocabulary import parse_vocabulary
+from score.predict.tiling import instances_to_scene, tile_windows
 
 _M_MMAP_THRESHOLD = -3
 

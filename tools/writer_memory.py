@@ -23,10 +23,10 @@ import time
 import numpy as np
 from affine import Affine
 
-from score.geo import FeatureMaker
-from score.predictor import draw_instances
-from score.streaming import instance_from_record
-from score.tiling import BAND_PIXELS, PieceStore
+from score.predict.geo import FeatureMaker
+from score.predict.predictor import draw_instances
+from score.predict.streaming import instance_from_record
+from score.predict.tiling import BAND_PIXELS, PieceStore
 from tile_memory import status  # tools/, the folder of this script
 
 

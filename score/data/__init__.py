@@ -2,7 +2,6 @@
 
 from .datasets import (  # noqa: F401
     SPLITS,
-    canonical_class_name,
     ensemble_exponents,
     register_all,
     register_instance_dataset,

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..modeling.text_classifier import normalize_class_name
+from ..vocabulary import canonical_class_name
 
 __all__ = [
     "FAST_CLASSES",
@@ -44,12 +44,9 @@ __all__ = [
     "ENSEMBLE_EXPONENTS",
     "SPLITS",
     "SplitSpec",
-    "dataset_classes",
     "dataset_root",
     "ensemble_exponents",
     "load_instance_json",
-    "train_vocabulary",
-    "canonical_class_name",
     "register_all",
     "register_instance_dataset",
 ]
@@ -130,15 +127,6 @@ SPLITS: tuple[SplitSpec, ...] = (
     SplitSpec("fast_val_instance", "fast", "val", "FAST/val/images",
               "FAST/val/instances_val.json", FAST_CLASSES),
 )  # fmt: skip
-
-
-def canonical_class_name(name: str) -> str:
-    """The SCORE.md 7.2 normalisation of a class name as one string (``Storage_tank`` -> ``storage tank``).
-
-    Synonyms stay comma-separated; the normalisation itself is the text
-    classifier's, so "the same class" means the same thing everywhere.
-    """
-    return ", ".join(normalize_class_name(name))
 
 
 def dataset_root() -> str:
@@ -325,22 +313,3 @@ def ensemble_exponents(train_dataset: str, test_dataset: str) -> tuple[float, fl
 
 
 register_all()
-
-
-def dataset_classes(name: str, key: str) -> list[str]:
-    """``thing_classes`` of the registered dataset ``name`` (found under config key ``key``)."""
-    classes = MetadataCatalog.get(name).get("thing_classes", None)
-    if not classes:
-        raise KeyError(f"dataset {name!r} ({key}) has no thing_classes in its metadata")
-    return list(classes)
-
-
-def train_vocabulary(cfg) -> list[str]:
-    """The training vocabulary: MODEL.SCORE.TRAIN_VOCABULARY, else the classes of
-    DATASETS.TRAIN[0]; empty when neither is set. It decides which test classes are
-    seen (SCORE.md 7.3) for the model and for the evaluator alike."""
-    if len(cfg.MODEL.SCORE.TRAIN_VOCABULARY):
-        return list(cfg.MODEL.SCORE.TRAIN_VOCABULARY)
-    if len(cfg.DATASETS.TRAIN):
-        return dataset_classes(cfg.DATASETS.TRAIN[0], "DATASETS.TRAIN")
-    return []

@@ -26,6 +26,8 @@ from typing import Any, Optional
 from PIL import Image
 from tqdm import tqdm
 
+from ..fileio import atomic_write
+
 __all__ = ["InvalidDatasetError", "annotation_problem", "image_problem", "validate_dataset"]
 
 logger = logging.getLogger(__name__)
@@ -151,11 +153,8 @@ def validate_dataset(
             if found:
                 problems[record["file_name"]] = found
         if cache is not None:
-            os.makedirs(cache_dir, exist_ok=True)
-            tmp = f"{cache}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_write(cache) as f:
                 json.dump(problems, f)
-            os.replace(tmp, cache)
     if not problems:
         return dicts
     lines = [

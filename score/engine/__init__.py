@@ -7,6 +7,5 @@ from .trainer import (  # noqa: F401
     build_optimizer,
     optimizer_param_groups,
     test_seen_flags,
-    train_vocabulary,
     with_full_model_gradient_clipping,
 )

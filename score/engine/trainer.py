@@ -58,11 +58,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from score.checkpoint import SCORECheckpointer
-from score.data.datasets import train_vocabulary
 from score.data.mappers import build_test_mapper, build_train_mapper
 from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
 from score.evaluation import InstanceSegEvaluator
+from score.vocabulary import seen_flags, train_vocabulary
 
 __all__ = [
     "NORM_MODULE_TYPES",
@@ -74,7 +74,6 @@ __all__ = [
     "rng_states",
     "set_rng_states",
     "test_seen_flags",
-    "train_vocabulary",
     "with_full_model_gradient_clipping",
 ]
 
@@ -225,8 +224,6 @@ def adapt_cfg_to_device(cfg: CfgNode) -> CfgNode:
 
 def test_seen_flags(cfg: CfgNode, dataset_name: str) -> Optional[list[bool]]:
     """Seen flag of each class of ``dataset_name`` against the training vocabulary (None without one)."""
-    from score.modeling.text_classifier import seen_flags
-
     train_names = train_vocabulary(cfg)
     if not train_names:
         return None

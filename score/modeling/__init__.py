@@ -6,9 +6,11 @@
 - rai, gca: the two context modules; open_vocab, postprocessing: inference.
 """
 
-from . import backbone, context, pixel_decoder, transformer_decoder  # noqa: F401
+from . import (  # noqa: F401
+    backbone,
+    context,
+    pixel_decoder,
+    tiny_clip,  # noqa: F401  (registers the tiny open_clip configs)
+    transformer_decoder,
+)
 from .backbone.clip_convnext import CLIPConvNeXtBackbone  # noqa: F401
-from .tiny_clip import register_tiny_clip_configs
-
-# The tiny open_clip configs (tests, CPU demo, benchmarks) are names like any other.
-register_tiny_clip_configs()

@@ -32,7 +32,7 @@ import open_clip
 import torch
 from torch import nn
 
-from .tiny_clip import register_tiny_clip_configs
+from . import tiny_clip  # noqa: F401  (the tiny configs are open_clip names once it is imported)
 
 __all__ = [
     "HF_HUB_PREFIX",
@@ -135,7 +135,6 @@ def create_clip_model(
         WeightsLoadError: the file cannot be read or its image-tower keys are
             missing or have other shapes than the model's.
     """
-    register_tiny_clip_configs()
     if open_clip.get_model_config(model_name) is None:
         raise ValueError(f"Unknown open_clip model name {model_name!r}; see open_clip.list_models().")
     create_kwargs = dict(force_quick_gelu=force_quick_gelu, precision=precision)

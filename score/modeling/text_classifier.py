@@ -3,14 +3,14 @@
 Shorthand: K classes, S synonyms of a class, N = sum of S over the K
 classes (rows of the classifier), T templates (18), D joint embedding width.
 
-Names are normalised ('_' and '-' to spaces, lower case, ',' separating
-synonyms). Each synonym is written into the T remote-sensing templates, the
-prompts are encoded by the frozen text tower, each embedding is L2-normalised,
-the T embeddings of a synonym are averaged and the mean is L2-normalised
-again (the prompt ensembling of CLIP, with RESISC45-style templates as in
-FC-CLIP's remote-sensing setups). The result depends only on the vocabulary
-and the text weights, so :class:`TextClassifierBank` computes it once per
-vocabulary and can keep it on disk between runs.
+Names are normalised as :mod:`score.vocabulary` says. Each synonym is
+written into the T remote-sensing templates, the prompts are encoded by the
+frozen text tower, each embedding is L2-normalised, the T embeddings of a
+synonym are averaged and the mean is L2-normalised again (the prompt
+ensembling of CLIP, with RESISC45-style templates as in FC-CLIP's
+remote-sensing setups). The result depends only on the vocabulary and the
+text weights, so :class:`TextClassifierBank` computes it once per vocabulary
+and can keep it on disk between runs.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,37 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RS_TEMPLATES", "TextClassifierBank", "classifier_cache_key", "normalize_class_name", "seen_flags"]
+from ..fileio import atomic_write
+from ..vocabulary import RS_TEMPLATES, normalize_class_name
+
+__all__ = ["TextClassifierBank", "classifier_cache_key"]
 
 logger = logging.getLogger(__name__)
-
-RS_TEMPLATES: Tuple[str, ...] = (
-    "satellite imagery of {}.",
-    "aerial imagery of {}.",
-    "satellite photo of {}.",
-    "aerial photo of {}.",
-    "satellite view of {}.",
-    "aerial view of {}.",
-    "satellite imagery of a {}.",
-    "aerial imagery of a {}.",
-    "satellite photo of a {}.",
-    "aerial photo of a {}.",
-    "satellite view of a {}.",
-    "aerial view of a {}.",
-    "satellite imagery of the {}.",
-    "aerial imagery of the {}.",
-    "satellite photo of the {}.",
-    "aerial photo of the {}.",
-    "satellite view of the {}.",
-    "aerial view of the {}.",
-)
-
-
-def normalize_class_name(name: str) -> List[str]:
-    """Synonyms of a class name: '_' and '-' become spaces, lower case, split at ',', spaces collapsed."""
-    text = name.replace("_", " ").replace("-", " ").lower()
-    synonyms = [" ".join(part.split()) for part in text.split(",")]
-    return [s for s in synonyms if s]
 
 
 def classifier_cache_key(model_name: str, weights_fingerprint: str) -> str:
@@ -66,12 +39,6 @@ def classifier_cache_key(model_name: str, weights_fingerprint: str) -> str:
     ``weights_fingerprint`` comes from :func:`score.modeling.clip_weights.weights_fingerprint`.
     """
     return f"{model_name}|{weights_fingerprint}" if weights_fingerprint else ""
-
-
-def seen_flags(test_names: Sequence[str], train_names: Sequence[str]) -> List[bool]:
-    """For each test class, whether one of its normalised synonyms is a training class's synonym."""
-    train_synonyms = {s for name in train_names for s in normalize_class_name(name)}
-    return [any(s in train_synonyms for s in normalize_class_name(name)) for name in test_names]
 
 
 class TextClassifierBank:
@@ -179,13 +146,6 @@ class TextClassifierBank:
     @staticmethod
     def _write(path: Path, classifier: Tensor, num_synonyms: List[int]) -> None:
         """Write atomically: a concurrent reader sees the old file or the whole new one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save({"classifier": classifier.detach().cpu(), "num_synonyms": num_synonyms}, tmp_name)
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
+        with atomic_write(str(path), "wb") as f:
+            torch.save({"classifier": classifier.detach().cpu(), "num_synonyms": num_synonyms}, f)
         logger.info("Text classifier cached in %s", path)

@@ -74,3 +74,7 @@ def register_tiny_clip_configs() -> None:
         # open_clip pops and edits entries of the config it gets, so each
         # registration holds its own copy.
         open_clip_factory._MODEL_CONFIGS[name] = copy.deepcopy(cfg)
+
+
+# The one registration: the tiny configs are open_clip names as soon as this module is imported.
+register_tiny_clip_configs()

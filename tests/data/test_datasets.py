@@ -16,11 +16,11 @@ from detectron2.structures import polygons_to_bitmask
 from score.data.datasets import (
     NWPU_CLASSES,
     SPLITS,
-    canonical_class_name,
     ensemble_exponents,
     register_all,
     register_instance_dataset,
 )
+from score.vocabulary import canonical_class_name
 from synthetic_world.scenes import write_split, write_synthetic_datasets
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,9 +25,9 @@ from score.engine import (
     adapt_cfg_to_device,
     build_optimizer,
     optimizer_param_groups,
-    train_vocabulary,
     with_full_model_gradient_clipping,
 )
+from score.vocabulary import train_vocabulary
 from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from score.geo import (
+from score.predict.geo import (
     FeatureMaker,
     GeoTiffReader,
     crs_member,
@@ -19,7 +19,7 @@ from score.geo import (
     instances_to_geojson,
     write_geojson,
 )
-from score.tiling import SceneInstance
+from score.predict.tiling import SceneInstance
 
 UTM33 = CRS.from_epsg(32633)
 

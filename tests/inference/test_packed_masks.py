@@ -1,4 +1,4 @@
-"""Bit-packed instance masks (score/tiling.py): the same instances, RLEs and polygons as dense masks.
+"""Bit-packed instance masks (score/predict/tiling.py): the same instances, RLEs and polygons as dense masks.
 
 The reference for the whole merge is the dense implementation that the packed
 one replaced (each instance held a bool crop, unions built dense masks): the
@@ -18,10 +18,10 @@ from affine import Affine
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
-from score import tiling
-from score.geo import instance_geometry
-from score.streaming import instance_from_record, instance_record
-from score.tiling import SceneInstance, tiled_inference
+from score.predict import tiling
+from score.predict.geo import instance_geometry
+from score.predict.streaming import instance_from_record, instance_record
+from score.predict.tiling import SceneInstance, tiled_inference
 
 # sha256 of [[instance_record, area, geometry], ...] of the dense implementation on ragged_scene().
 DENSE_DIGEST = "8998740a44389af028827558c65585de20c52c783648d67f16f8fb443260f340"

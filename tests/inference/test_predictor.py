@@ -7,17 +7,16 @@ import torch
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_util
 
-from score import predictor as predictor_module
-from score.predictor import (
+from score.predict import predictor as predictor_module
+from score.predict.predictor import (
     SCOREPredictor,
     check_weights,
     coco_annotations,
     default_cache_dir,
-    display_name,
     draw_instances,
-    parse_vocabulary,
 )
-from score.tiling import SceneInstance
+from score.predict.tiling import SceneInstance
+from score.vocabulary import display_name, first_synonym, parse_vocabulary
 from tests.conftest import tiny_cfg
 
 
@@ -181,6 +180,8 @@ def test_parse_vocabulary_text_and_file(tmp_path):
     vocab_file.write_text("# my classes\nship , boat\n\nstorage_tank\n  harbor  \n", encoding="utf-8")
     assert parse_vocabulary(file=str(vocab_file)) == ["ship, boat", "storage_tank", "harbor"]
     assert display_name("ship, boat") == "ship"
+    assert first_synonym("Ground_Track_Field, gtf") == "Ground_Track_Field"
+    assert display_name("Ground_Track_Field, gtf") == "ground track field"
 
 
 @pytest.mark.parametrize(

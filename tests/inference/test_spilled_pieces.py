@@ -1,4 +1,4 @@
-"""Merged objects kept as pieces in a file (score/tiling.py PieceStore, SpilledInstance).
+"""Merged objects kept as pieces in a file (score/predict/tiling.py PieceStore, SpilledInstance).
 
 The reference is the in-memory merge (each merged object holds its packed
 mask): with a store, the merger must find the same objects, with the same
@@ -13,11 +13,11 @@ import pytest
 import rasterio.features
 from affine import Affine
 
-from score import tiling
-from score.geo import FeatureMaker, instance_geometry
-from score.predictor import _reduced_mask
-from score.streaming import SceneStream, instance_from_record, instance_record, predict_tiles
-from score.tiling import (
+from score.predict import tiling
+from score.predict.geo import FeatureMaker, instance_geometry
+from score.predict.predictor import _reduced_mask
+from score.predict.streaming import SceneStream, instance_from_record, instance_record, predict_tiles
+from score.predict.tiling import (
     ArrayReader,
     PieceStore,
     SceneInstance,

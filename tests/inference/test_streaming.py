@@ -1,4 +1,4 @@
-"""score/streaming.py: streamed outputs equal the in-memory merge, bounded working set, resume."""
+"""score/predict/streaming.py: streamed outputs equal the in-memory merge, bounded working set, resume."""
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
 import json
@@ -10,8 +10,8 @@ import torch
 from affine import Affine
 from detectron2.structures import Instances
 
-from score.geo import FeatureMaker, instances_to_geojson
-from score.streaming import (
+from score.predict.geo import FeatureMaker, instances_to_geojson
+from score.predict.streaming import (
     SceneStream,
     instance_from_record,
     instance_record,
@@ -20,7 +20,7 @@ from score.streaming import (
     write_coco_results,
     write_feature_collection,
 )
-from score.tiling import ArrayReader, SceneInstance, instances_to_scene, tile_windows, tiled_inference
+from score.predict.tiling import ArrayReader, SceneInstance, instances_to_scene, tile_windows, tiled_inference
 
 CLASSES = ["red thing", "green thing"]
 
@@ -259,7 +259,7 @@ def test_partial_output_of_an_older_manifest_version_is_started_over_with_a_warn
     manifest = tmp_path / "scenes" / "scene" / "manifest.json"
     old = {**json.loads(manifest.read_text()), "version": 1}
     manifest.write_text(json.dumps(old))
-    with caplog.at_level("WARNING", logger="score.streaming"):
+    with caplog.at_level("WARNING", logger="score.predict.streaming"):
         fresh = open_stream(tmp_path, WINDOWS)
     assert fresh.start_tile == 0 and not fresh.resumed
     assert any(str(manifest) in r.getMessage() and "version 1" in r.getMessage() for r in caplog.records)

@@ -13,8 +13,8 @@ import torch
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
-from score import tiling
-from score.tiling import (
+from score.predict import tiling
+from score.predict.tiling import (
     ArrayReader,
     SceneInstance,
     TileMerger,

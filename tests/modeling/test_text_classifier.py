@@ -8,13 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score.modeling.text_classifier import (
-    RS_TEMPLATES,
-    TextClassifierBank,
-    classifier_cache_key,
-    normalize_class_name,
-    seen_flags,
-)
+from score.modeling.text_classifier import TextClassifierBank, classifier_cache_key
+from score.vocabulary import RS_TEMPLATES, normalize_class_name, seen_flags
 
 ISAID = [
     "ship", "storage_tank", "baseball_diamond", "tennis_court", "basketball_court", "Ground_Track_Field",

@@ -51,7 +51,8 @@ def _shipped_scene_accuracy(module, per_scene):
 
 
 def test_concepts_cover_every_class_of_every_split():
-    from score.data.datasets import SPLITS, canonical_class_name
+    from score.data.datasets import SPLITS
+    from score.vocabulary import canonical_class_name
 
     module = _pretrain_module()
     names = {n for names in module.concept_names().values() for n in names}

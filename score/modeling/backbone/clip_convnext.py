@@ -26,7 +26,6 @@ from torch import Tensor
 
 from ..clip_weights import create_clip_model
 from ..inference_compile import InferenceCompiled
-from ..tiny_clip import register_tiny_clip_configs
 
 __all__ = ["CLIPConvNeXtBackbone"]
 
@@ -60,7 +59,6 @@ class CLIPConvNeXtBackbone(Backbone):
                 ``torch.compile`` (``InferenceCompiled``; close to, not equal to, eager).
         """
         super().__init__()
-        register_tiny_clip_configs()
         model_cfg = open_clip.get_model_config(clip_model_name)
         if model_cfg is None:
             raise ValueError(

@@ -33,7 +33,7 @@ written; otherwise (default) they stay in the raster's CRS, which is named in
 a "crs" member (the pre-RFC 7946 form that GDAL and QGIS read).
 
 Objects larger than ``band_pixels`` (box pixels, default
-:data:`score.tiling.BAND_PIXELS`, 2^22 = 2048 x 2048) are outlined band by
+:data:`score.predict.tiling.BAND_PIXELS`, 2^22 = 2048 x 2048) are outlined band by
 band: the box is cut into bands of ``band_pixels // width`` rows and each
 band's mask is polygonized on its own, so memory follows the band, not the
 object (GDAL's polygonizer holds every polygon of what it is given: +469 MiB

@@ -15,7 +15,7 @@ read from the on-disk cache, see :func:`default_cache_dir`).
 separate classes) or a file with one class per line, where a line may list
 synonyms separated by commas (``ship,boat``). :func:`coco_annotations` and
 :func:`draw_instances` turn instances kept as crops
-(:class:`score.tiling.SceneInstance`) into COCO results and overlays.
+(:class:`score.predict.tiling.SceneInstance`) into COCO results and overlays.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
 from torch import nn
 
-from .checkpoint import SCORECheckpointer
-from .modeling.text_classifier import normalize_class_name
+from ..checkpoint import SCORECheckpointer
+from ..vocabulary import display_name
 from .tiling import BAND_PIXELS, SceneInstance
 
 __all__ = [
@@ -44,9 +44,7 @@ __all__ = [
     "check_weights",
     "coco_annotations",
     "default_cache_dir",
-    "display_name",
     "draw_instances",
-    "parse_vocabulary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,57 +64,6 @@ def default_cache_dir() -> str:
     """
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "score")
     return os.path.join(root, "text_classifiers")
-
-
-def parse_vocabulary(text: Optional[str] = None, file: Optional[str] = None) -> List[str]:
-    """Class names from a command-line string or a file (exactly one of them).
-
-    Args:
-        text: classes separated by commas: ``"ship,storage tank,harbor"``.
-        file: UTF-8 text, one class per line; a line may list synonyms
-            separated by commas (``ship,boat`` is one class). Blank lines and
-            lines starting with ``#`` are skipped.
-
-    Returns:
-        One entry per class (synonyms still joined by commas, as
-        ``SCORE.set_vocabulary`` takes them), surrounding spaces removed.
-
-    Raises:
-        ValueError: both or neither given, no class at all, or a class given twice.
-    """
-    if (text is None) == (file is None):
-        raise ValueError("give the vocabulary either as text or as a file, not both or neither")
-    if text is not None:
-        names = [name.strip() for name in text.split(",")]
-        source = f"--vocab {text!r}"
-    else:
-        with open(file, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-        names = [
-            ", ".join(s.strip() for s in line.split(",") if s.strip()) for line in lines if line[:1] != "#"
-        ]
-        source = f"vocabulary file {file}"
-    names = [name for name in names if name]
-    if not names:
-        raise ValueError(f"the vocabulary is empty ({source}): give at least one class name")
-    unusable = [name for name in names if not normalize_class_name(name)]
-    if unusable:
-        raise ValueError(f"class names without any letter or digit in {source}: {unusable}")
-    first_seen = {}
-    duplicates = []
-    for name in names:
-        key = tuple(normalize_class_name(name))
-        if key in first_seen:
-            duplicates.append((first_seen[key], name))
-        first_seen.setdefault(key, name)
-    if duplicates:
-        raise ValueError(f"classes given more than once in {source}: {duplicates}")
-    return names
-
-
-def display_name(class_name: str) -> str:
-    """The first synonym of a vocabulary entry, as written (``"ship, boat"`` -> ``"ship"``)."""
-    return class_name.split(",")[0].strip()
 
 
 def check_weights(weights: str) -> None:

@@ -915,7 +915,7 @@ class TileMerger:
         An instance whose box ends above ``top`` can neither overlap nor touch
         a tile of that row or a later one. Called before the first tile of each
         row, this keeps the merger's memory to the pieces that reach the current
-        row (the stream writer of :mod:`score.streaming` emits the rest).
+        row (the stream writer of :mod:`score.predict.streaming` emits the rest).
         Returned in the order they entered the working set.
         """
         finished = [key for key, inst in self._active.items() if inst.box[3] < top]
@@ -959,8 +959,8 @@ def tiled_inference(
 
     Args:
         predict: (h, w, 3) uint8 window -> Instances with ``pred_masks`` (R, h, w),
-            ``scores`` and ``pred_classes`` (e.g. a :class:`score.predictor.SCOREPredictor`).
-        scene: a :class:`SceneReader` (e.g. :class:`score.geo.GeoTiffReader`) or an (H, W, 3) array.
+            ``scores`` and ``pred_classes`` (e.g. a :class:`score.predict.predictor.SCOREPredictor`).
+        scene: a :class:`SceneReader` (e.g. :class:`score.predict.geo.GeoTiffReader`) or an (H, W, 3) array.
         tile_size: side T of the windows (px).
         overlap: overlap O of neighbouring windows (px), 0 <= O < T.
         score_threshold: instances below it are dropped in each tile, before merging.

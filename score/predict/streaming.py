@@ -4,7 +4,7 @@ Shorthand: N tiles of a scene in row-major order, rows of tiles r = 0..R-1,
 ``top(r)`` the first pixel row of the tiles of row r.
 
 :class:`SceneStream` takes the instances of each tile (in tile order) and
-merges them with :class:`score.tiling.TileMerger`. Before the first tile of
+merges them with :class:`score.predict.tiling.TileMerger`. Before the first tile of
 row r it takes out of the merger every instance whose box ends above
 ``top(r)``: such an instance can neither overlap nor touch any later tile,
 so it is final. Final instances are written at once (COCO result, GeoJSON
@@ -12,7 +12,7 @@ Feature, overlay) and dropped; the merger keeps only the pieces that reach
 row r (the bottom band of the previous row, where they may still join a
 piece of row r). Memory is thus bounded by two rows of tiles and the objects
 crossing them, not by the number of detections. A merged object keeps its
-tile pieces in a file (:class:`score.tiling.PieceStore`), with only their
+tile pieces in a file (:class:`score.predict.tiling.PieceStore`), with only their
 boxes and offsets in memory: objects that chain across the whole scene (a
 weak model at threshold 0) stay open until the end, and their masks, even
 bit-packed, would grow with the scene.
@@ -60,6 +60,7 @@ import torch
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from ..fileio import atomic_write
 from .geo import FeatureMaker
 from .tiling import (
     BAND_PIXELS,
@@ -165,15 +166,6 @@ def row_starts(windows: Sequence[Box]) -> List[int]:
     return [i for i, w in enumerate(windows) if i == 0 or w[1] != windows[i - 1][1]]
 
 
-def _write_json_atomic(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_lines(path: str) -> Iterator[str]:
     """The complete lines of a file (without the newline), one at a time."""
     with open(path, encoding="utf-8") as f:
@@ -218,7 +210,7 @@ class SceneStream:
             class_names: the vocabulary (``category`` indexes it), for overlay labels.
             key: JSON-ready description of what the output is of; a partial output
                 is resumed only when its key is equal.
-            match_threshold: see :class:`score.tiling.TileMerger`.
+            match_threshold: see :class:`score.predict.tiling.TileMerger`.
             features: makes the GeoJSON Features; None writes no GeoJSON.
             canvas: returns the picture the overlay is drawn on (a preview of the
                 scene) and its scale (preview / scene); None draws no overlay.
@@ -226,7 +218,7 @@ class SceneStream:
                 otherwise), "always" (a partial output with another key is an
                 error) or "never" (always start over).
             band_pixels: objects whose box holds more pixels are drawn on the overlay
-                from their mask reduced band by band (see :func:`score.predictor.draw_instances`;
+                from their mask reduced band by band (see :func:`score.predict.predictor.draw_instances`;
                 the GeoJSON outline has its own, ``features.band_pixels``).
         """
         if resume not in ("auto", "always", "never"):
@@ -535,7 +527,8 @@ class SceneStream:
             "overlay": self._overlay_file,
             "overlay_scale": self._scale,
         }
-        _write_json_atomic(self.paths["manifest"], manifest)
+        with atomic_write(self.paths["manifest"]) as f:
+            json.dump(manifest, f)
 
     def finish(self) -> None:
         """Emit the remaining instances, write the FeatureCollection and the overlay, mark the scene done."""
@@ -583,8 +576,7 @@ def write_feature_collection(lines_path: str, header: Dict, path: str, chunk: in
     """
     prefix = json.dumps({**header, "features": []})[:-2]  # everything up to the empty list's "]}"
     count = 0
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as out:
+    with atomic_write(path, "wb") as out:
         out.write(prefix.encode())
         if os.path.isfile(lines_path):
             with open(lines_path, "rb") as f:
@@ -596,7 +588,6 @@ def write_feature_collection(lines_path: str, header: Dict, path: str, chunk: in
                     out.write(block.replace(b"\n", b","))
                 count += end >= 0
         out.write(b"]}")
-    os.replace(tmp, path)
     return count
 
 
@@ -631,12 +622,10 @@ def write_coco_results(
                 next_id += 1
 
     prefix = json.dumps({"images": list(images), "categories": list(categories), "annotations": []})[:-2]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
+    with atomic_write(path) as out:
         out.write(prefix)
         count = _join_lines(out, numbered())
         out.write("]}")
-    os.replace(tmp, path)
     return count
 
 
@@ -658,8 +647,8 @@ def predict_tiles(
     """Predict the tiles of ``stream`` from its :attr:`~SceneStream.start_tile` on and finish it.
 
     Args:
-        predict: (h, w, 3) uint8 window -> Instances (e.g. a :class:`score.predictor.SCOREPredictor`).
-        reader: the scene (:class:`score.tiling.SceneReader`).
+        predict: (h, w, 3) uint8 window -> Instances (e.g. a :class:`score.predict.predictor.SCOREPredictor`).
+        reader: the scene (:class:`score.predict.tiling.SceneReader`).
         stream: where the tiles go.
         score_threshold: instances below it are dropped in each tile, before merging.
         progress: show a tqdm bar (tiles done, instances written and tile detections so far, ETA).
