@@ -15,7 +15,9 @@ from tests.conftest import NWPU_SAMPLE, make_sem_seg_split
 
 
 def _one_hot(pred: np.ndarray, num_classes: int) -> dict:
-    return {"sem_seg": torch.nn.functional.one_hot(torch.as_tensor(pred), num_classes).permute(2, 0, 1).float()}
+    return {
+        "sem_seg": torch.nn.functional.one_hot(torch.as_tensor(pred), num_classes).permute(2, 0, 1).float()
+    }
 
 
 def _expected_miou(preds, gts, num_classes, scored):
