@@ -227,7 +227,7 @@ def add_score_config(cfg: CN) -> None:
 
     # --- Evaluation (DATASETS.md "Evaluation protocol"): implementation of COCO
     # mask AP. "faster_coco_eval" (C++, the same numbers as pycocotools; the
-    # faster one in tools/benchmark_coco_eval.py), "pycocotools" (the official
+    # faster one in tools/bench/benchmark_coco_eval.py), "pycocotools" (the official
     # API) or "detectron2" (its C++ COCOeval_opt; needs detectron2's extension).
     cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
 
