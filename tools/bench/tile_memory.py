@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Resident memory of the predictor tile by tile on a large scene (the 512 px profile of docs/PREDICT.md).
+"""Resident memory of the predictor tile by tile on a large scene (the 512 px profile of docs/BENCHMARKS.md).
 
 Loads the predictor as tools/predict.py does, then predicts the first
 ``--tiles`` windows of a GeoTIFF and, after each forward and after each tile's
