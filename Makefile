@@ -33,7 +33,7 @@ demo:
 	bash scripts/demo.sh $(DEMO_ROOT)
 
 gpu-check:
-	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
+	bash tools/bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf output .pytest_cache .ruff_cache

@@ -140,7 +140,7 @@ def add_score_config(cfg: CN) -> None:
     # dtype of the context tower: "float16" (the authors' loader), "bfloat16",
     # "float32", or "auto": float16 on CUDA, float32 on CPU (for CPUs that emulate
     # float16 products). All but float16 change the numbers slightly; which is
-    # fastest depends on the CPU (docs/PERFORMANCE.md, docs/PREDICT.md "Speed on a
+    # fastest depends on the CPU (docs/BENCHMARKS.md, docs/PREDICT.md "Speed on a
     # CPU"). The recipes keep float16.
     cfg.MODEL.SCORE.RSCLIP_DTYPE = "float16"
     # Side (px) of the square the normalised batch is resized to for the
@@ -154,7 +154,7 @@ def add_score_config(cfg: CN) -> None:
     # out-of-vocabulary embedding of pooled masks): "none" (its own float32) or
     # "bf16" (bfloat16 autocast on the model's device, CUDA or CPU). Its outputs
     # are cast back to float32 for the trainable head. A speed option, not in the
-    # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
+    # paper (docs/BENCHMARKS.md); the context tower's precision is RSCLIP_DTYPE.
     cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"
     # Cross- and self-attention of the transformer decoder through PyTorch's fused
     # scaled_dot_product_attention (need_weights=False) instead of the authors'
@@ -169,7 +169,7 @@ def add_score_config(cfg: CN) -> None:
     # inductor needs a C++ compiler), once more for a new input size, and again
     # when its weights change. Close to the eager outputs, not equal, so off in
     # the recipes; 1.01 to 1.05 x for the whole model on our CPU
-    # (docs/PERFORMANCE.md, "torch.compile").
+    # (docs/BENCHMARKS.md).
     cfg.MODEL.SCORE.COMPILE_AT_INFERENCE = []
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
@@ -235,7 +235,7 @@ def add_score_config(cfg: CN) -> None:
 
     # --- Evaluation (DATASETS.md "Evaluation protocol"): implementation of COCO
     # mask AP. "faster_coco_eval" (C++, the same numbers as pycocotools; the
-    # faster one in tools/benchmark_coco_eval.py), "pycocotools" (the official
+    # faster one in tools/bench/benchmark_coco_eval.py), "pycocotools" (the official
     # API) or "detectron2" (its C++ COCOeval_opt; needs detectron2's extension).
     cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
 

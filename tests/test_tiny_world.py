@@ -1,4 +1,4 @@
-"""Behaviour of the open-vocabulary path on the tiny world (pretrained frozen towers, docs/EXPERIMENTS.md 4).
+"""Behaviour of the open-vocabulary path on the tiny world (pretrained frozen towers, weights/tiny_world/).
 
 With random towers nothing links an unseen class name to pixels; with the
 tiny-world towers (``weights/tiny_world/``) the frozen ConvNeXt CLIP knows the
@@ -139,7 +139,7 @@ def test_a_short_training_run_finds_unseen_classes(tmp_path, monkeypatch):
 
     Evaluated with the authors' iSAID -> SIOR exponents; with alpha and beta
     swapped, or with a random frozen tower, the unseen AP of such a run stays
-    at 0 (docs/EXPERIMENTS.md 1).
+    at 0.
     """
     from score.data.datasets import ensemble_exponents
     from score.engine import Trainer

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Downloads, on a machine with PyPI, what tools/gpu_check.sh needs on a GPU machine without network
+# Downloads, on a machine with PyPI, what tools/bench/gpu_check.sh needs on a GPU machine without network
 # that has torch, torchvision, timm, opencv and numpy but not detectron2, open_clip, fvcore or
 # pycocotools: wheels for CPython 3.12 on manylinux x86_64 (binary ones for that platform, pure-Python
 # ones py3-none-any) and the detectron2 v0.6 source package (pb1-detectron2==0.6), into an ignored
@@ -8,11 +8,11 @@
 # fvcore and antlr4-python3-runtime are published as source only; both are pure Python and are built
 # into wheels here, so that the GPU machine needs no build step for them.
 #
-#   bash tools/fetch_gpu_check_wheels.sh [FOLDER]
+#   bash tools/bench/fetch_gpu_check_wheels.sh [FOLDER]
 # Environment: PYTHON (interpreter whose pip is used, default python3; pip < 25 for the
 # pb1-detectron2 sdist, see constraints.txt), PY_VERSION (default 3.12).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DEST=${1:-gpu_check_wheels}
 PYTHON=${PYTHON:-python3}
 PY_VERSION=${PY_VERSION:-3.12}

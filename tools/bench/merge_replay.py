@@ -10,10 +10,12 @@ does), prints the time a tile took and a SHA-256 of the merged objects'
 records (equal digests: the same merge), and with ``--profile`` the
 functions that took the most time (cProfile).
 
-    OMP_NUM_THREADS=1 python tools/merge_replay.py record --config-file configs/tiny/score_tiny_isaid.yaml \\
-        --input scene_3000.tif --vocab "building,storage tank,ship" --confidence-threshold 0 \\
+    OMP_NUM_THREADS=1 python tools/bench/merge_replay.py record \\
+        --config-file configs/tiny/score_tiny_isaid.yaml --input scene_3000.tif \\
+        --vocab "building,storage tank,ship" --confidence-threshold 0 \\
         --parts /tmp/parts3000.jsonl --opts MODEL.WEIGHTS tiny.pth
-    OMP_NUM_THREADS=1 python tools/merge_replay.py replay --parts /tmp/parts3000.jsonl [--profile] [--rows]
+    OMP_NUM_THREADS=1 python tools/bench/merge_replay.py replay --parts /tmp/parts3000.jsonl \\
+        [--profile] [--rows]
 """
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import)

@@ -6,7 +6,7 @@ shifted and dilated copies of the ground truth plus random blobs, with random
 scores. Each backend runs evaluate + accumulate at maxDets (1, 10, dets); the
 script prints the seconds of each and the AP each one found.
 
-    python tools/benchmark_coco_eval.py --images 500 --dets 300
+    python tools/bench/benchmark_coco_eval.py --images 500 --dets 300
 """
 
 from __future__ import annotations

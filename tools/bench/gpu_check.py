@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """One prepared check of SCORE on one GPU (or, with ``--cpu``, of the tiny model on the CPU).
 
-    bash tools/gpu_check.sh --output $OUT/gpu_check        # full model on cuda:0, <= 8 min on one GPU
-    bash tools/gpu_check.sh --cpu --output output/gpu_check # tiny model on the CPU, < 10 min on 1 core
+    bash tools/bench/gpu_check.sh --output $OUT/gpu_check        # full model on cuda:0, <= 8 min on one GPU
+    bash tools/bench/gpu_check.sh --cpu --output output/gpu_check # tiny model on the CPU, < 10 min on 1 core
 
-(tools/gpu_check.sh installs the missing dependencies offline first, then runs
+(tools/bench/gpu_check.sh installs the missing dependencies offline first, then runs
 this script.) Random weights (``RANDOM_INIT_CLIP``): the check is about the
 numerics and the speed of the code paths, not about accuracy. Stages, each
 written to OUTPUT.json / OUTPUT.md as soon as it ends (a run cut short keeps
@@ -29,7 +29,7 @@ what it measured):
    reported for information (on the tiny CPU model its logits stray by up to
    0.14 while the classes stay equal).
 3. **speed**: SCORE and its FC-CLIP baseline (``RAI.ENABLED False``,
-   ``GCA.MODE none``, as tools/benchmark.py): inference images per second at
+   ``GCA.MODE none``, as tools/bench/benchmark.py): inference images per second at
    512 x 512, batch 1 and 8 (``torch.inference_mode``, best of the repeats
    after a warm-up), and one AMP training step at 512 x 512 batch 2 (the
    recipe's IMS_PER_BATCH), after RAI's warm-up; peak memory of each row
@@ -53,7 +53,7 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark  # noqa: E402  (tools/benchmark.py: configs, random-weight models, batches, memory)
+import benchmark  # noqa: E402  (tools/bench/benchmark.py: configs, random-weight models, batches, memory)
 
 logger = logging.getLogger("score.gpu_check")
 

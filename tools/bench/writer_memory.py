@@ -11,7 +11,7 @@ RLE, the whole mask, the GeoJSON Feature (to /dev/null) and the overlay on a
 value above the object's box pixels measures the whole-mask outline and
 contours, the default the band-wise ones.
 
-    OMP_NUM_THREADS=1 python tools/writer_memory.py OUTPUT/scenes/scene_12000 [--band-pixels N]
+    OMP_NUM_THREADS=1 python tools/bench/writer_memory.py OUTPUT/scenes/scene_12000 [--band-pixels N]
 """
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import)
@@ -27,7 +27,7 @@ from score.predict.geo import FeatureMaker
 from score.predict.predictor import draw_instances
 from score.predict.streaming import instance_from_record
 from score.predict.tiling import BAND_PIXELS, PieceStore
-from tile_memory import status  # tools/, the folder of this script
+from tile_memory import status  # tools/bench/, the folder of this script
 
 
 def step(name: str, run):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Size of each numeric variant of SCORE against its default computation, on the tiny model.
 
-    python tools/numeric_differences.py                  # tiny config, random weights, CPU
-    python tools/numeric_differences.py --size 256 --seed 1
+    python tools/bench/numeric_differences.py                  # tiny config, random weights, CPU
+    python tools/bench/numeric_differences.py --size 256 --seed 1
 
 The default path computes as the authors do (docs/DESIGN.md, "Numeric
 differences from the authors' computation"). Each row switches one thing to

@@ -9,7 +9,7 @@ tiles is done, checks that the streamed GeoJSON on disk is valid, runs the
 tool again (it resumes), and, with ``--reference DIR`` (an uninterrupted
 run's output), compares the results.
 
-    python tools/benchmark_large_scene.py --output /tmp/run --kill-at 0.5 --reference /tmp/whole -- \\
+    python tools/bench/benchmark_large_scene.py --output /tmp/run --kill-at 0.5 --reference /tmp/whole -- \\
         --config-file configs/tiny/score_tiny_isaid.yaml --input /tmp/scene_3000.tif \\
         --vocab "building,storage tank,ship" --confidence-threshold 0 --opts MODEL.WEIGHTS /tmp/tiny.pth
 
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parent / "predict.py"
+TOOL = Path(__file__).resolve().parents[1] / "predict.py"
 
 
 def count_lines(path: Path) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Real-data check: train the tiny SCORE on a small real COCO set and evaluate on the same images.
 
-    python tools/real_sample_check.py --images ../shared/data/nwpu_vhr10_sample/images \\
+    python tools/bench/real_sample_check.py --images ../shared/data/nwpu_vhr10_sample/images \\
         --annotations ../shared/data/nwpu_vhr10_sample/instances.json \\
         --iters 400 --output-dir output/real_check
 
@@ -29,7 +29,7 @@ from score.config import get_score_cfg
 from score.data.datasets import NWPU_CLASSES, register_instance_dataset
 from score.engine import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "data" / "nwpu_vhr10_sample"
 DATASET = "real_sample_instance"
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Full-model CPU inference of two checkouts side by side: speed ratio and output agreement.
 
-    python tools/compare_checkouts.py --variant main=/work/wt/i13-base --variant new=. \\
-        --variant new-auto=.:MODEL.SCORE.RSCLIP_DTYPE,auto --rounds 2 --output docs/perf/vs_main
+    python tools/bench/compare_checkouts.py --variant main=/path/to/other/checkout --variant new=. \\
+        --variant new-auto=.:MODEL.SCORE.RSCLIP_DTYPE,auto --rounds 2 --output tools/bench/results/vs_main
 
 Each variant (NAME=CHECKOUT[:KEY,VALUE,...]) runs in a fresh interpreter with
 that checkout's ``score`` first on the path, one thread, one after the other
@@ -19,7 +19,7 @@ does, and encodes the vocabulary (``--vocab``, by default NWPU VHR-10's
 classes) with the text tower: to check a speed option on your own model and
 images:
 
-    python tools/compare_checkouts.py --trained --variant ref=. \
+    python tools/bench/compare_checkouts.py --trained --variant ref=. \
         --variant fast=.:MODEL.SCORE.DECODER_FUSED_ATTENTION,True \
         --image-dir my_images --images a.png b.png --vocab "ship,harbor" \
         --output /tmp/fast_vs_ref --opts MODEL.WEIGHTS model_final.pth

@@ -1,20 +1,20 @@
 #!/usr/bin/env python
 """Cost of SCORE inference as the image and the vocabulary grow (CPU), with random weights.
 
-    python tools/benchmark_scaling.py --which tiny --output docs/perf/scaling_tiny
+    python tools/bench/benchmark_scaling.py --which tiny --output tools/bench/results/scaling_tiny
 
 * **Image size**: for each short side S (``--short-sides``, the long side
   4/3 S), one inference on the whole image (the test resize off: the model
   sees S x 4/3 S) and one tiled (``score.predict.tiling.tiled_inference``, windows of
   ``--tile`` px with ``--overlap``, each window run by the model as it is);
   wall time and peak resident memory of the row (VmHWM, reset before each
-  row, as tools/benchmark.py).
+  row, as tools/bench/benchmark.py).
 * **Vocabulary size**: for each K (``--vocab-sizes``), the first inference
   with a new vocabulary of K names (cold: the text tower encodes its K x 18
   prompts) and the next one (cached: the classifier comes from the bank's
   memory), at 512 x 683.
 
-The model is built once (tools/benchmark.py's ``build_cfg``), the real text
+The model is built once (tools/bench/benchmark.py's ``build_cfg``), the real text
 tower kept for the vocabulary rows; one warm-up inference precedes the rows.
 """
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Speed and memory of SCORE beside its FC-CLIP baseline, with random weights.
 
-    python tools/benchmark.py --output docs/perf/benchmark      # the default run (CPU, < 10 min)
-    python tools/benchmark.py --device cuda --full-sizes 512x512 512x683 --full-batch-sizes 1 2
+    python tools/bench/benchmark.py --output tools/bench/results/benchmark  # the default run (CPU, < 10 min)
+    python tools/bench/benchmark.py --device cuda --full-sizes 512x512 512x683 --full-batch-sizes 1 2
 
 For each architecture (``--which``: "tiny", configs/tiny/score_tiny_isaid.yaml,
 and "full", configs/score_isaid_instance.yaml) the SCORE model and its FC-CLIP
@@ -39,7 +39,7 @@ is replaced by random rows so that warm-up does not pay for it twice.
 The evaluation rows (``--skip-eval`` to skip) time detectron2's
 ``instances_to_coco_json`` (RLE encoding of each instance) on 300 masks of one
 image, and COCO mask-AP evaluation of ``--eval-images`` images with 300
-detections each per backend, on tools/benchmark_coco_eval.py's synthetic data.
+detections each per backend, on tools/bench/benchmark_coco_eval.py's synthetic data.
 
 Each model row records the 1-minute load average when it started: the
 machine may be shared, and a high load inflates the times.
@@ -74,7 +74,7 @@ from score.config import get_score_cfg
 
 logger = logging.getLogger("score.benchmark")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "tiny": REPO / "configs" / "tiny" / "score_tiny_isaid.yaml",
     "full": REPO / "configs" / "score_isaid_instance.yaml",
@@ -555,8 +555,8 @@ def benchmark_text_classifier(
 
 
 def _coco_eval_tool():
-    """tools/benchmark_coco_eval.py as a module (its synthetic data and backends)."""
-    path = REPO / "tools" / "benchmark_coco_eval.py"
+    """tools/bench/benchmark_coco_eval.py as a module (its synthetic data and backends)."""
+    path = REPO / "tools" / "bench" / "benchmark_coco_eval.py"
     spec = importlib.util.spec_from_file_location("benchmark_coco_eval", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

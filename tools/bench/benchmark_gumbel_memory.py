@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Training peak memory in RAI's Gumbel warm-up against after it, one model, one process.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tools/benchmark_gumbel_memory.py --which full \
-        --size 512x683 --output docs/perf/gumbel_memory
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tools/bench/benchmark_gumbel_memory.py --which full \
+        --size 512x683 --output tools/bench/results/gumbel_memory
 
-Builds the SCORE model of ``--which`` (tools/benchmark.py's configs, random
+Builds the SCORE model of ``--which`` (tools/bench/benchmark.py's configs, random
 CLIP weights) once and runs training steps (forward, losses, backward, the
 Trainer's optimizer step) on one random batch of ``--batch`` images:
 

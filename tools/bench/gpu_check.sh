@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# The GPU check of SCORE (tools/gpu_check.py): AMP training, bf16 against fp32 inference, speed of
+# The GPU check of SCORE (tools/bench/gpu_check.py): AMP training, bf16 against fp32 inference, speed of
 # SCORE against FC-CLIP and peak memory, on one GPU in at most 8 minutes (or, with --cpu, the tiny
-# model on the CPU). Arguments go to tools/gpu_check.py (--cpu, --output PREFIX, --stages ...).
+# model on the CPU). Arguments go to tools/bench/gpu_check.py (--cpu, --output PREFIX, --stages ...).
 #
 # For a GPU machine without network that has torch, torchvision, timm, opencv and numpy:
-# run tools/fetch_gpu_check_wheels.sh on a machine with PyPI first and copy gpu_check_wheels/ along.
+# run tools/bench/fetch_gpu_check_wheels.sh on a machine with PyPI first and copy gpu_check_wheels/ along.
 # Where an import is missing, this script creates a virtual environment (.gpu_check_venv, with the
 # system's site-packages, so torch and the rest come from the machine) and installs the missing
 # packages there offline from that folder; detectron2 v0.6 is built from its source package with
 # the C++ extension switched off, as scripts/install.sh does (score/compat.py covers v0.6).
 #
-#   bash tools/gpu_check.sh --output "$OUT/gpu_check"
-#   PYTHON=.venv/bin/python bash tools/gpu_check.sh --cpu
+#   bash tools/bench/gpu_check.sh --output "$OUT/gpu_check"
+#   PYTHON=.venv/bin/python bash tools/bench/gpu_check.sh --cpu
 # Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default gpu_check_wheels),
 #              GPU_CHECK_VENV (default .gpu_check_venv).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 WHEELS=${GPU_CHECK_WHEELS:-gpu_check_wheels}
 VENV=${GPU_CHECK_VENV:-.gpu_check_venv}
@@ -38,7 +38,7 @@ mapfile -t MISSING < <(missing_of "$PYTHON")
 RUN=$PYTHON
 if [ ${#MISSING[@]} -gt 0 ]; then
     say "missing for $PYTHON: ${MISSING[*]}"
-    [ -d "$WHEELS" ] || { say "no $WHEELS/: run tools/fetch_gpu_check_wheels.sh where PyPI is reachable"; exit 2; }
+    [ -d "$WHEELS" ] || { say "no $WHEELS/: run tools/bench/fetch_gpu_check_wheels.sh where PyPI is reachable"; exit 2; }
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
     RUN=$VENV/bin/python
     mapfile -t MISSING < <(missing_of "$RUN")
@@ -73,5 +73,5 @@ if [ ${#MISSING[@]} -gt 0 ]; then
     mapfile -t STILL < <(missing_of "$RUN")
     [ ${#STILL[@]} -eq 0 ] || { say "still missing after the offline install: ${STILL[*]}"; exit 1; }
 fi
-say "running tools/gpu_check.py with $RUN ($("$RUN" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'))"
-PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} exec "$RUN" -W ignore::FutureWarning tools/gpu_check.py "$@"
+say "running tools/bench/gpu_check.py with $RUN ($("$RUN" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'))"
+PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} exec "$RUN" -W ignore::FutureWarning tools/bench/gpu_check.py "$@"

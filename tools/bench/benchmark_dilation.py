@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Time and memory of RAI's Gumbel-phase dilation (forward + backward), one variant per subprocess.
 
-    python tools/benchmark_dilation.py --shape 1 300 128 128 --calls 1 --output docs/perf/dilation
+    python tools/bench/benchmark_dilation.py --shape 1 300 128 128 --calls 1 \\
+        --output tools/bench/results/dilation
 
 Variants of sum_k w_k * maxfilter_k(M) over the six kernel candidates:
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """``torch.compile`` of the heavy frozen modules at inference, module by module, against eager.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tools/benchmark_compile.py --which full \\
-        --modules backbone pixel_decoder context --rounds 3 --output docs/perf/compile_modules
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tools/bench/benchmark_compile.py --which full \\
+        --modules backbone pixel_decoder context --rounds 3 --output tools/bench/results/compile_modules
 
 Builds the SCORE model of ``--which`` with random weights (seed 0, as
-tools/benchmark.py), preprocesses one random ``--size`` image as the model
+tools/bench/benchmark.py), preprocesses one random ``--size`` image as the model
 does, and for each module of ``--modules`` (each on its own, the others eager):
 
 * ``backbone``: the frozen ConvNeXt CLIP trunk, ``model.backbone`` (B, 3, H, W)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Resident memory of the predictor tile by tile on a large scene (the 512 px profile of docs/PREDICT.md).
+"""Resident memory of the predictor tile by tile on a large scene (the 512 px profile of docs/BENCHMARKS.md).
 
 Loads the predictor as tools/predict.py does, then predicts the first
 ``--tiles`` windows of a GeoTIFF and, after each forward and after each tile's
@@ -9,7 +9,7 @@ free, and mmapped). ``--mmap-threshold MIB`` fixes glibc's mmap threshold first
 (as ``tools/predict.py`` does with 4), ``--trim`` calls ``malloc_trim(0)`` after
 each tile.
 
-    GDAL_CACHEMAX=64 OMP_NUM_THREADS=1 python tools/tile_memory.py --config-file \\
+    GDAL_CACHEMAX=64 OMP_NUM_THREADS=1 python tools/bench/tile_memory.py --config-file \\
         configs/tiny/score_tiny_isaid.yaml --input scene_12000.tif --tile-size 512 --tiles 25 \\
         --vocab "building,storage tank,ship" --opts MODEL.WEIGHTS tiny.pth
 """
