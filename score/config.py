@@ -250,7 +250,7 @@ def add_score_config(cfg: CN) -> None:
 
     # --- Reliability of inputs and checkpoints (docs/RELIABILITY.md).
     # 8-bit stretch of training / test images with more than 8 bits per channel
-    # (16-bit PNG or TIFF), the one of GeoTIFF input (score/predict/geo.py):
+    # (16-bit PNG or TIFF), the one of GeoTIFF input (score/data/image_io.py):
     # "percentile" (per band, 2nd..98th percentile to 0..255) or "dtype"
     # (0..max of the integer type, e.g. / 65535).
     cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "percentile"

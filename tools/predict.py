@@ -49,22 +49,17 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from score.config import get_score_cfg
+from score.data.image_io import read_image_uint8
 from score.engine import adapt_cfg_to_device
-from score.predict.geo import GEO_SUFFIXES, FeatureMaker, GeoTiffReader, read_image_uint8
+from score.predict.geojson import FeatureMaker
+from score.predict.geotiff import GEO_SUFFIXES, GeoTiffReader
+from score.predict.instances import InstanceSink, write_coco_results
+from score.predict.masks import BAND_PIXELS
 from score.predict.predictor import SCOREPredictor
+from score.predict.scene import SceneEngine, file_digest, predict_tiles, state_dict_digest
+from score.predict.sharding import part_path, predict_tile_part, rank_tiles, stream_from_parts
+from score.predict.windows import ArrayReader, Box, tile_windows
 from score.vocabulary import display_name, first_synonym, parse_vocabulary
-from score.predict.streaming import (
-    SceneStream,
-    file_digest,
-    part_path,
-    predict_tile_part,
-    predict_tiles,
-    rank_tiles,
-    state_dict_digest,
-    stream_from_parts,
-    write_coco_results,
-)
-from score.predict.tiling import BAND_PIXELS, ArrayReader, Box, tile_windows
 
 logger = logging.getLogger("score.predict")
 
@@ -256,8 +251,25 @@ def run_key(args: argparse.Namespace, cfg, model_digest: str, class_names: List[
     }
 
 
-def open_stream(reader, path: str, image_id: str, windows: List[Box], args, class_names, key: dict):
-    """The stream writer of one scene (it resumes a partial output with the same key)."""
+def instance_sink(reader, image_id: str, args, class_names, *, features=None, canvas=None) -> InstanceSink:
+    """What is done with the tiles of one scene: instances merged, written as COCO lines, GeoJSON, overlay."""
+    return InstanceSink(
+        args.output,
+        output_stem(image_id),
+        image_id=image_id,
+        height=reader.height,
+        width=reader.width,
+        class_names=class_names,
+        score_threshold=args.confidence_threshold,
+        match_threshold=args.merge_threshold,
+        features=features,
+        canvas=canvas,
+        band_pixels=args.band_pixels,
+    )
+
+
+def open_engine(reader, path: str, image_id: str, windows: List[Box], args, class_names, key: dict):
+    """The engine of one scene with its instance sink (it resumes a partial output with the same key)."""
     features = None
     if isinstance(reader, GeoTiffReader):
         if reader.georeferenced or args.pixel_geojson:
@@ -275,29 +287,27 @@ def open_stream(reader, path: str, image_id: str, windows: List[Box], args, clas
                 "--pixel-geojson writes them in pixel coordinates",
                 path,
             )
-    return SceneStream(
+    canvas = None if args.no_vis else (lambda: preview(reader, args.vis_max_size))
+    sink = instance_sink(reader, image_id, args, class_names, features=features, canvas=canvas)
+    return SceneEngine(
         args.output,
         output_stem(image_id),
+        sink=sink,
         image_id=image_id,
         height=reader.height,
         width=reader.width,
         windows=windows,
-        class_names=class_names,
         key=key,
-        match_threshold=args.merge_threshold,
-        features=features,
-        canvas=None if args.no_vis else (lambda: preview(reader, args.vis_max_size)),
         resume=args.resume,
-        band_pixels=args.band_pixels,
     )
 
 
 def predict_rows_sharded(predictor, reader, path, image_id, windows, args, key: dict, tiled: bool):
-    """One scene whose tile rows are shared out over the ranks; rank 0 merges them. Its stream on rank 0."""
+    """One scene whose tile rows are shared out over the ranks; rank 0 merges them. Its engine on rank 0."""
     rank, world = comm.get_rank(), comm.get_world_size()
     stem = output_stem(image_id)
     error = None
-    if not SceneStream.is_done(args.output, stem, key):
+    if not SceneEngine.is_done(args.output, stem, key):
         try:
             tiles = rank_tiles(windows, rank, world)
             part = part_path(args.output, stem, rank, world)
@@ -308,7 +318,8 @@ def predict_rows_sharded(predictor, reader, path, image_id, windows, args, key: 
                 tiles,
                 part,
                 key,
-                score_threshold=args.confidence_threshold,
+                # Only its tile() and encode() are used: no output is opened.
+                sink=instance_sink(reader, image_id, args, predictor.class_names),
                 progress=tiled and rank == 0,
             )
         except OSError as failure:  # a damaged block of a large raster
@@ -318,19 +329,19 @@ def predict_rows_sharded(predictor, reader, path, image_id, windows, args, key: 
         raise OSError(f"{path}: " + "; ".join(errors))
     if rank != 0:
         return None
-    stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+    engine = open_engine(reader, path, image_id, windows, args, predictor.class_names, key)
     parts = [part_path(args.output, stem, k, world) for k in range(world)]
-    stream_from_parts(stream, parts)
+    stream_from_parts(engine, parts)
     for part in parts:
         if os.path.exists(part):
             os.remove(part)
-    return stream
+    return engine
 
 
 def process_image(predictor, reader, path: str, image_id: str, args: argparse.Namespace, cfg, key: dict):
     """Predict on one opened scene, streaming its COCO results, GeoJSON and overlay.
 
-    Returns its stream (None on ranks other than 0 when tile rows are sharded).
+    Returns its engine (None on ranks other than 0 when tile rows are sharded).
     """
     start = time.perf_counter()
     windows, tiled = scene_windows(reader, args, cfg)
@@ -340,15 +351,16 @@ def process_image(predictor, reader, path: str, image_id: str, args: argparse.Na
         **key,
     }
     if args.shard == "rows" and comm.get_world_size() > 1:
-        stream = predict_rows_sharded(predictor, reader, path, image_id, windows, args, key, tiled)
-        if stream is None:
+        engine = predict_rows_sharded(predictor, reader, path, image_id, windows, args, key, tiled)
+        if engine is None:
             return None
     else:
-        stream = open_stream(reader, path, image_id, windows, args, predictor.class_names, key)
+        engine = open_engine(reader, path, image_id, windows, args, predictor.class_names, key)
         progress = tiled and comm.get_rank() == 0
-        predict_tiles(predictor, reader, stream, score_threshold=args.confidence_threshold, progress=progress)
-    if not stream.detections:
-        if stream.best_score is None:
+        predict_tiles(predictor, reader, engine, progress=progress)
+    sink = engine.sink
+    if not sink.detections:
+        if sink.best_score is None:
             logger.warning("%s: the model found nothing at all", image_id)
         else:
             logger.warning(
@@ -356,15 +368,15 @@ def process_image(predictor, reader, path: str, image_id: str, args: argparse.Na
                 "lower it with --confidence-threshold",
                 image_id,
                 args.confidence_threshold,
-                stream.best_score,
+                sink.best_score,
             )
     message = "%s: %d x %d px, %d instances, done in %.1f s"
-    values = [image_id, reader.width, reader.height, stream.detections, time.perf_counter() - start]
+    values = [image_id, reader.width, reader.height, sink.detections, time.perf_counter() - start]
     if tiled:
         message += " (tiled: %d tiles, %d tile detections before merging); peak resident memory %.0f MiB"
-        values += [len(windows), stream.tile_detections, peak_rss_mib()]
+        values += [len(windows), sink.tile_detections, peak_rss_mib()]
     logger.info(message, *values)
-    return stream
+    return engine
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -470,7 +482,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed.append(path)
             continue
         try:
-            stream = process_image(predictor, reader, path, image_id, args, cfg, key)
+            engine = process_image(predictor, reader, path, image_id, args, cfg, key)
         except (OSError, ValueError) as error:  # a damaged block of a large raster, a foreign partial output
             logger.error("%s", error)
             failed.append(path)
@@ -478,9 +490,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             if isinstance(reader, GeoTiffReader):
                 reader.close()
-        if stream is not None:
+        if engine is not None:
             image = {"id": image_id, "file_name": path, "height": reader.height, "width": reader.width}
-            done.append((index, image, stream.paths["detections"]))
+            done.append((index, image, engine.sink.paths["detections"]))
     if world > 1:  # rank 0 joins the parts of all ranks, in input order
         gathered = comm.all_gather((done, failed))
         done = sorted(entry for part, _ in gathered for entry in part)

@@ -15,7 +15,7 @@ read from the on-disk cache, see :func:`default_cache_dir`).
 separate classes) or a file with one class per line, where a line may list
 synonyms separated by commas (``ship,boat``). :func:`coco_annotations` and
 :func:`draw_instances` turn instances kept as crops
-(:class:`score.predict.tiling.SceneInstance`) into COCO results and overlays.
+(:class:`score.predict.masks.SceneInstance`) into COCO results and overlays.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 
 from ..checkpoint import SCORECheckpointer
 from ..vocabulary import display_name
-from .tiling import BAND_PIXELS, SceneInstance
+from .masks import BAND_PIXELS, SceneInstance
 
 __all__ = [
     "SCOREPredictor",

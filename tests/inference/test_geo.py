@@ -11,15 +11,15 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from score.predict.geo import (
+from score.predict.geojson import (
     FeatureMaker,
-    GeoTiffReader,
     crs_member,
     instance_geometry,
     instances_to_geojson,
     write_geojson,
 )
-from score.predict.tiling import SceneInstance
+from score.predict.geotiff import GeoTiffReader
+from score.predict.masks import SceneInstance
 
 UTM33 = CRS.from_epsg(32633)
 

@@ -16,7 +16,7 @@ run's output), compares the results.
 Everything after ``--`` goes to tools/predict.py (without --output).
 
 ``--oracle SCENE`` runs the same streaming pipeline (GeoTiffReader, 256 px
-tiles with 64 px overlap, SceneStream with GeoJSON and a 2048 px overlay)
+tiles with 64 px overlap, the scene engine and instance sink with GeoJSON and a 2048 px overlay)
 with, instead of the model, a predictor that returns each 4-connected disc
 of a disc scene written by ``--make-disc-scene SCENE --size N`` (coloured
 discs on black, one per 40000 px^2): detections that stay local, as a
@@ -101,9 +101,11 @@ def oracle_child(output: str, scene: str, overlay: bool = True) -> None:
     import torch
     from detectron2.structures import Instances
 
-    from score.predict.geo import FeatureMaker, GeoTiffReader
-    from score.predict.streaming import SceneStream, predict_tiles
-    from score.predict.tiling import tile_windows
+    from score.predict.geojson import FeatureMaker
+    from score.predict.geotiff import GeoTiffReader
+    from score.predict.instances import InstanceSink
+    from score.predict.scene import SceneEngine, predict_tiles
+    from score.predict.windows import tile_windows
 
     def discs(tile):
         masks, classes = [], []
@@ -121,19 +123,24 @@ def oracle_child(output: str, scene: str, overlay: bool = True) -> None:
 
     names = ["red disc", "green disc"]
     with GeoTiffReader(scene) as reader:
-        stream = SceneStream(
+        scene_id = dict(image_id=Path(scene).name, height=reader.height, width=reader.width)
+        sink = InstanceSink(
             output,
             Path(scene).stem,
-            image_id=Path(scene).name,
-            height=reader.height,
-            width=reader.width,
-            windows=tile_windows(reader.height, reader.width, 256, 64),
+            **scene_id,
             class_names=names,
-            key={"scene": scene, "oracle": "discs"},
             features=FeatureMaker(names, transform=reader.transform, crs=reader.crs),
             canvas=(lambda: reader.read_preview(2048)) if overlay else None,
         )
-        predict_tiles(discs, reader, stream, progress=False)
+        engine = SceneEngine(
+            output,
+            Path(scene).stem,
+            sink=sink,
+            **scene_id,
+            windows=tile_windows(reader.height, reader.width, 256, 64),
+            key={"scene": scene, "oracle": "discs"},
+        )
+        predict_tiles(discs, reader, engine, progress=False)
 
 
 def run(output: Path, tool_args, every: float, kill_at: float = None, oracle: str = None) -> dict:

@@ -5,7 +5,7 @@
 
 * **Image size**: for each short side S (``--short-sides``, the long side
   4/3 S), one inference on the whole image (the test resize off: the model
-  sees S x 4/3 S) and one tiled (``score.predict.tiling.tiled_inference``, windows of
+  sees S x 4/3 S) and one tiled (``score.predict.merge.tiled_inference``, windows of
   ``--tile`` px with ``--overlap``, each window run by the model as it is);
   wall time and peak resident memory of the row (VmHWM, reset before each
   row, as tools/bench/benchmark.py).
@@ -35,7 +35,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402  (configs, batches, peak memory)
 
-from score.predict.tiling import tiled_inference  # noqa: E402
+from score.predict.merge import tiled_inference  # noqa: E402
 
 logger = logging.getLogger("score.benchmark_scaling")
 

@@ -3,9 +3,9 @@
 
 ``record`` predicts every tile of a GeoTIFF as tools/predict.py does
 (SCOREPredictor, 256 px tiles with 64 px overlap unless told) and writes
-their pieces to a line file (:func:`score.predict.streaming.predict_tile_part`);
-``replay`` feeds them, in tile order, to a :class:`score.predict.tiling.TileMerger`
-with a :class:`score.predict.tiling.PieceStore` (as :class:`score.predict.streaming.SceneStream`
+their pieces to a line file (:func:`score.predict.sharding.predict_tile_part`);
+``replay`` feeds them, in tile order, to a :class:`score.predict.merge.TileMerger`
+with a :class:`score.predict.spill.PieceStore` (as :class:`score.predict.instances.InstanceSink`
 does), prints the time a tile took and a SHA-256 of the merged objects'
 records (equal digests: the same merge), and with ``--profile`` the
 functions that took the most time (cProfile).
@@ -28,13 +28,16 @@ import pstats
 import tempfile
 import time
 
-from score.predict.streaming import instance_from_record, instance_record, predict_tile_part
-from score.predict.tiling import PieceStore, TileMerger, tile_windows
+from score.predict.instances import InstanceSink, instance_from_record, instance_record
+from score.predict.merge import TileMerger
+from score.predict.sharding import predict_tile_part
+from score.predict.spill import PieceStore
+from score.predict.windows import tile_windows
 
 
 def record(args: argparse.Namespace) -> None:
     from score.config import get_score_cfg
-    from score.predict.geo import GeoTiffReader
+    from score.predict.geotiff import GeoTiffReader
     from score.predict.predictor import SCOREPredictor
     from score.vocabulary import parse_vocabulary
 
@@ -43,7 +46,17 @@ def record(args: argparse.Namespace) -> None:
     cfg.merge_from_list(args.opts + ["MODEL.DEVICE", "cpu"])
     predictor = SCOREPredictor(cfg)
     predictor.set_vocabulary(parse_vocabulary(args.vocab))
-    with GeoTiffReader(args.input) as reader:
+    with GeoTiffReader(args.input) as reader, tempfile.TemporaryDirectory() as unused:
+        # The sink only turns tile outputs into pieces and records (tile(), encode()): it is never opened.
+        sink = InstanceSink(
+            unused,
+            "replay",
+            image_id=args.input,
+            height=reader.height,
+            width=reader.width,
+            class_names=predictor.class_names,
+            score_threshold=args.confidence_threshold,
+        )
         windows = tile_windows(reader.height, reader.width, args.tile_size, args.tile_overlap)
         key = {"scene": [reader.height, reader.width], "tile": [args.tile_size, args.tile_overlap]}
         start = time.perf_counter()
@@ -54,7 +67,7 @@ def record(args: argparse.Namespace) -> None:
             range(len(windows)),
             args.parts,
             key,
-            score_threshold=args.confidence_threshold,
+            sink=sink,
             progress=True,
         )
     print(f"{len(windows)} tiles recorded in {time.perf_counter() - start:.1f} s", flush=True)

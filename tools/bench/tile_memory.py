@@ -22,10 +22,11 @@ import time
 import numpy as np
 
 from score.config import get_score_cfg
-from score.predict.geo import GeoTiffReader
+from score.predict.geotiff import GeoTiffReader
 from score.predict.predictor import SCOREPredictor
 from score.vocabulary import parse_vocabulary
-from score.predict.tiling import instances_to_scene, tile_windows
+from score.predict.merge import instances_to_scene
+from score.predict.windows import tile_windows
 
 _M_MMAP_THRESHOLD = -3
 

@@ -23,10 +23,11 @@ import time
 import numpy as np
 from affine import Affine
 
-from score.predict.geo import FeatureMaker
+from score.predict.geojson import FeatureMaker
 from score.predict.predictor import draw_instances
-from score.predict.streaming import instance_from_record
-from score.predict.tiling import BAND_PIXELS, PieceStore
+from score.predict.instances import instance_from_record
+from score.predict.masks import BAND_PIXELS
+from score.predict.spill import PieceStore
 from tile_memory import status  # tools/bench/, the folder of this script
 
 
