@@ -234,8 +234,11 @@ def add_score_config(cfg: CN) -> None:
     cfg.MODEL.SCORE.GCA.MODE = "mha"
     cfg.MODEL.SCORE.GCA.NHEADS = 8
 
-    # --- Vocabulary used to decide which test classes are "seen" (SCORE.md
-    # 7.3). Empty: the classes of DATASETS.TRAIN[0].
+    # --- Training vocabulary (score/vocabulary.py). Empty: the classes of
+    # DATASETS.TRAIN[0]. It sets the training classifier (K classes), so a
+    # training run refuses one that does not list the classes of DATASETS.TRAIN in
+    # their order; in evaluation it only decides which test classes are "seen"
+    # (SCORE.md 7.3).
     cfg.MODEL.SCORE.TRAIN_VOCABULARY = []
 
     # --- Evaluation (DATASETS.md "Evaluation protocol"): implementation of COCO
