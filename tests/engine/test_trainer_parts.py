@@ -179,6 +179,8 @@ def test_authors_command_line_parses_with_detectron2_parser():
     assert args.config_file == "configs/score_isaid_instance.yaml"  # --config abbreviates --config-file
     assert args.eval_only and args.num_gpus == 1 and args.dist_url == "auto"
     cfg = get_score_cfg()
+    # Other values than the command line's, so that each assertion below can fail.
+    cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA = cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA = 0.9
     cfg.merge_from_list(args.opts)
     assert cfg.OUTPUT_DIR == "out/eval_final/nwpu"
     assert cfg.DATASETS.TEST == ("nwpu_val_instance",)
@@ -299,7 +301,6 @@ def _register_toy(tmp_path, classes):
 
 
 def test_test_switches_vocabulary_per_dataset_and_writes_results(tmp_path):
-    pytest.importorskip("score.modeling.text_classifier")
     train = _register_toy(tmp_path, ["plane", "ship", "storage_tank"])
     first = _register_toy(tmp_path, ["airplane", "ship"])
     second = _register_toy(tmp_path, ["Ship", "harbor", "storage-tank"])
