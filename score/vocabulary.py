@@ -13,7 +13,9 @@ synonyms separated by commas (``"ship, boat"``). The rules:
   synonyms is a synonym of a training class (:func:`seen_flags`).
 * **Training vocabulary**: ``MODEL.SCORE.TRAIN_VOCABULARY`` when set, else the
   class list of ``DATASETS.TRAIN[0]`` (:func:`train_vocabulary`). It decides
-  the seen flags for the model and for the evaluators alike.
+  the seen flags for the model and for the evaluators alike. A training run
+  checks that it names the classes of ``DATASETS.TRAIN`` in their order
+  (:func:`check_train_vocabulary`).
 * **Command line**: ``--vocab "ship,storage tank"`` or a file with one class
   a line, synonyms separated by commas (:func:`parse_vocabulary`); a class
   given twice is an error.
@@ -26,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 __all__ = [
     "RS_TEMPLATES",
     "canonical_class_name",
+    "check_train_vocabulary",
     "dataset_classes",
     "display_name",
     "first_synonym",
@@ -115,6 +118,40 @@ def train_vocabulary(cfg) -> List[str]:
     if len(cfg.DATASETS.TRAIN):
         return dataset_classes(cfg.DATASETS.TRAIN[0], "DATASETS.TRAIN")
     return []
+
+
+def check_train_vocabulary(cfg) -> None:
+    """Refuse a MODEL.SCORE.TRAIN_VOCABULARY that does not name the classes of DATASETS.TRAIN.
+
+    In training, the vocabulary is the classifier whose rows the annotations'
+    class ids index, so it must list each training split's classes in their
+    order (compared after :func:`canonical_class_name`). Called before a
+    training run builds its model; an empty key (the classes of
+    DATASETS.TRAIN[0]) or an empty DATASETS.TRAIN passes.
+
+    Raises:
+        ValueError: naming both lists and their first difference.
+    """
+    vocabulary = list(cfg.MODEL.SCORE.TRAIN_VOCABULARY)
+    if not vocabulary:
+        return
+    expected = [canonical_class_name(n) for n in vocabulary]
+    for name in cfg.DATASETS.TRAIN:
+        classes = dataset_classes(name, "DATASETS.TRAIN")
+        found = [canonical_class_name(n) for n in classes]
+        if found == expected:
+            continue
+        differs = (i for i, (a, b) in enumerate(zip(expected, found)) if a != b)
+        i = next(differs, min(len(expected), len(found)))
+        vocab_entry = repr(vocabulary[i]) if i < len(vocabulary) else "nothing (it ends there)"
+        dataset_entry = repr(classes[i]) if i < len(classes) else "nothing (it ends there)"
+        raise ValueError(
+            f"MODEL.SCORE.TRAIN_VOCABULARY {vocabulary} ({len(vocabulary)} classes) does not name the "
+            f"classes of training split {name!r} (DATASETS.TRAIN) {classes} ({len(classes)} classes) "
+            f"in their order: at position {i} the vocabulary has {vocab_entry}, the split {dataset_entry}. "
+            "It sets the training classifier, whose rows the annotations' class ids index: leave it "
+            "empty (the split's classes) or list the split's classes."
+        )
 
 
 def parse_vocabulary(text: Optional[str] = None, file: Optional[str] = None) -> List[str]:

@@ -64,7 +64,7 @@ from score.data.mappers import build_test_mapper, build_train_mapper
 from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
 from score.evaluation import InstanceSegEvaluator, SemSegMIoUEvaluator
-from score.vocabulary import dataset_classes, seen_flags, train_vocabulary
+from score.vocabulary import check_train_vocabulary, dataset_classes, seen_flags, train_vocabulary
 
 __all__ = [
     "NORM_MODULE_TYPES",
@@ -296,6 +296,8 @@ class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with SCORE's optimizer, data, evaluation and vocabulary switching."""
 
     def __init__(self, cfg: CfgNode):
+        # Before the model, whose training classifier the vocabulary sets, is built.
+        check_train_vocabulary(cfg)
         super().__init__(adapt_cfg_to_device(cfg))
 
     @classmethod

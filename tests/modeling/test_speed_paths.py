@@ -150,8 +150,6 @@ def test_dilation_equals_max_pool_values_and_gradient(kernel, shape):
 
     torch.manual_seed(kernel)
     x = torch.randn(shape, requires_grad=True)
-    if min(shape[-2:]) + 2 * (kernel // 2) < kernel:
-        pytest.skip("max_pool2d needs the padded input to hold a window")
     reference = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=kernel // 2)
     fast = _dilate(x, kernel)
     assert torch.equal(fast, reference)

@@ -90,7 +90,6 @@ def test_collect_results_missing_target_is_an_error(tmp_path):
     ],
 )
 def test_ensemble_exponents_prints_the_authors_values(train, target, expected, capsys):
-    pytest.importorskip("score.data.datasets")
     _load_tool("ensemble_exponents").main([train, target])
     out = capsys.readouterr().out
     assert out == expected + "\n"
