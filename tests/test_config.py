@@ -19,6 +19,14 @@ TINY_FOLDERS = ("tiny", "tiny_world")
 # added under configs/ without an entry here fails test_config_sets_what_it_is_for.
 RAI_OFF = {"MODEL.SCORE.RAI.ENABLED": False}
 GCA_OFF = {"MODEL.SCORE.GCA.MODE": "none"}
+# What a semantic leaf sets: the task keys, the semantic mapper and the LandDiscover50K splits.
+SEMANTIC = {
+    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True,
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON": False,
+    "INPUT.DATASET_MAPPER_NAME": "mask_former_semantic",
+    "DATASETS.TRAIN": ("landdiscover50k_train_sem_seg",),
+    "DATASETS.TEST": ("floodnet_val_sem_seg",),
+}
 EXPECTED = {
     "Base-SCORE.yaml": {
         "MODEL.META_ARCHITECTURE": "SCORE",
@@ -47,6 +55,11 @@ EXPECTED = {
         "DATASETS.TEST": ("sior_val_instance",),
         "SOLVER.MAX_ITER": 293125,
         "SOLVER.STEPS": (263812, 278468),
+    },
+    "score_landdiscover_semantic.yaml": {
+        **SEMANTIC,
+        "SOLVER.MAX_ITER": 259230,
+        "SOLVER.STEPS": (233307, 246268),
     },
     "ablations/rai_paper_dilation.yaml": {"MODEL.SCORE.RAI.DILATION": "paper"},
     "ablations/table2_baseline.yaml": {**RAI_OFF, **GCA_OFF},
@@ -78,6 +91,9 @@ EXPECTED = {
         "DATASETS.TEST": ("isaid_val_instance",),
     },
     "tiny/score_tiny_isaid_baseline.yaml": {**RAI_OFF, **GCA_OFF},
+    "tiny/score_tiny_landdiscover_semantic.yaml": {
+        **SEMANTIC,
+    },
     "tiny_world/Base-tiny-world.yaml": {
         "MODEL.SCORE.CLIP_PRETRAINED_WEIGHTS": "weights/tiny_world/score-tiny-convnext.pt",
         "MODEL.SCORE.RSCLIP_PRETRAINED_WEIGHTS": "weights/tiny_world/score-tiny-vit.pt",
