@@ -191,13 +191,13 @@ def test_rai_kernel_is_fixed_after_the_last_warmup_update(make_inputs, monkeypat
     assert int(rai.kernel_logits.argmax()) == len(candidates) - 1
 
     used = []
-    dilate = rai_module._dilate
+    dilate = rai_module.dilate
 
     def spy(mask_logits, kernel):
         used.append(kernel)
         return dilate(mask_logits, kernel)
 
-    monkeypatch.setattr(rai_module, "_dilate", spy)
+    monkeypatch.setattr(rai_module, "dilate", spy)
     model(make_inputs([(64, 64)], seed=warmup))
     assert not rai.in_gumbel_phase
     assert used and set(used) == {candidates[-1]}

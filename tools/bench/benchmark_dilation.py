@@ -39,7 +39,7 @@ KERNELS = (3, 5, 7, 9, 11, 13)
 
 
 def _forward(variant: str, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    from score.modeling.rai import _mix_dilations, _MixedDilation  # imported once by measure()
+    from score.modeling.dilation import _mix_dilations, _MixedDilation  # imported once by measure()
 
     if variant == "reference":
         return _mix_dilations(mask, weights, KERNELS)
@@ -54,7 +54,7 @@ def _rss_mb() -> float:
 
 
 def measure(variant: str, shape, calls: int, repeats: int) -> dict:
-    import score.modeling.rai  # noqa: F401  (before the RSS baseline)
+    import score.modeling.dilation  # noqa: F401  (before the RSS baseline)
 
     torch.manual_seed(0)
     masks = [torch.randn(shape, requires_grad=True) for _ in range(calls)]
