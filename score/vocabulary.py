@@ -193,5 +193,5 @@ def parse_vocabulary(text: Optional[str] = None, file: Optional[str] = None) -> 
             else:
                 owner[synonym] = (where, name)
     if clashes:
-        raise ValueError(f"a class is named twice in {source}: " + "; ".join(clashes))
+        raise ValueError(f"a class is named more than once in {source}: " + "; ".join(clashes))
     return [name for _, name in entries]
