@@ -266,3 +266,47 @@ def test_train_net_stops_before_iteration_0_then_trains_with_drop(tmp_path):
     run = subprocess.run(base + ["DATASETS.DROP_INVALID", "True"], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "dropped 2 image(s) and 1 annotation(s)" in run.stdout + run.stderr
+
+
+# Runs a command with a cap on its address space (a safety net: without the check, the COCO mask
+# encoding of a NaN polygon grew past 19 GB) and prints the peak resident memory of its process, KiB.
+_MEASURE = """
+import resource, subprocess, sys
+cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+done = subprocess.run(sys.argv[1:], preexec_fn=cap)
+print("peak_rss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+sys.exit(done.returncode)
+"""
+
+
+@pytest.mark.slow
+def test_eval_only_on_a_nan_polygon_names_it_quickly_in_little_memory(tmp_path):
+    import time
+
+    from synthetic_world import write_synthetic_datasets
+
+    root = tmp_path / "datasets"
+    write_synthetic_datasets(
+        str(root), num_train=2, num_val=2, min_size=64, max_size=96, splits=["isaid_val_instance"]
+    )
+    json_file = root / "iSAID" / "val" / "instances_val.json"
+    coco = json.loads(json_file.read_text())
+    bad = coco["annotations"][-1]
+    bad["segmentation"][0][3] = float("nan")
+    json_file.write_text(json.dumps(coco))  # written as the literal NaN
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    command = [
+        sys.executable, "-c", _MEASURE, sys.executable, os.path.join(REPO, "train_net.py"),
+        "--config-file", os.path.join(REPO, "configs", "tiny", "score_tiny_isaid.yaml"), "--eval-only",
+        "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", "('isaid_val_instance',)",
+        "DATASETS.VALIDATION_CACHE_DIR", "",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    seconds = time.perf_counter() - start
+    peak_gib = int(run.stdout.split("peak_rss_kib")[-1]) / 2**20
+    print(f"eval-only on a NaN polygon: exit {run.returncode}, {seconds:.1f} s, peak RSS {peak_gib:.2f} GiB")
+    assert run.returncode != 0
+    assert f"annotation id {bad['id']}: polygon coordinate nan is not finite" in run.stderr
+    assert seconds < 60
+    assert peak_gib < 2.0
