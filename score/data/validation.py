@@ -318,6 +318,7 @@ def validate_dataset(
     *,
     json_file: Optional[str] = None,
     drop_invalid: bool = False,
+    drop_annotations: bool = True,
     cache_dir: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Check every record of a dataset; stop on bad ones, or drop them.
@@ -329,6 +330,8 @@ def validate_dataset(
         json_file: the annotation file the dicts come from; keys the cache.
         drop_invalid: drop bad images and annotations (logging the counts)
             instead of raising.
+        drop_annotations: False: bad annotations are not dropped but raise
+            (a test split, whose evaluator reads the annotation file as written).
         cache_dir: folder of the cache; None or "" disables it.
 
     Returns:
@@ -360,16 +363,26 @@ def validate_dataset(
         )
     if not problems:
         return dicts
-    lines = [
-        f"  {file_name}: " + ("image" if ann_id is None else f"annotation id {ann_id}") + f": {why}"
-        for file_name, found in problems.items()
-        for ann_id, why in found
-    ]
+    lines, annotation_lines = [], []
+    for file_name, found in problems.items():
+        for ann_id, why in found:
+            what = "image" if ann_id is None else f"annotation id {ann_id}"
+            line = f"  {file_name}: {what}: {why}"
+            lines.append(line)
+            if ann_id is not None:
+                annotation_lines.append(line)
     if not drop_invalid:
         raise InvalidDatasetError(
             f"Dataset '{name}' has {len(lines)} bad record(s){source}:\n"
             + "\n".join(lines)
             + "\nFix them, or set DATASETS.DROP_INVALID True to drop them."
+        )
+    if annotation_lines and not drop_annotations:
+        raise InvalidDatasetError(
+            f"Dataset '{name}' has {len(annotation_lines)} bad annotation(s){source}:\n"
+            + "\n".join(annotation_lines)
+            + "\nThe evaluator reads the annotation file as written: fix them there "
+            "(DATASETS.DROP_INVALID drops the bad images of a test split, not its annotations)."
         )
     kept, dropped_images, dropped_annos = [], 0, 0
     for record in dicts:

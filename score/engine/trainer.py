@@ -330,7 +330,7 @@ class Trainer(DefaultTrainer):
         if training:
             train_dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
         for name in cfg.DATASETS.TEST:
-            cls.validated_dataset_dicts(cfg, name)
+            cls.validated_dataset_dicts(cfg, name, test=True)
         return train_dicts
 
     @classmethod
@@ -366,19 +366,25 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
-        dicts = cls.validated_dataset_dicts(cfg, dataset_name)
+        dicts = cls.validated_dataset_dicts(cfg, dataset_name, test=True)
         return build_detection_test_loader(
             dicts, mapper=build_test_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
         )
 
     @classmethod
-    def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str) -> list[dict]:
-        """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID)."""
+    def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str, *, test: bool = False) -> list[dict]:
+        """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID).
+
+        Of a ``test`` split, DROP_INVALID drops bad images but no annotation:
+        the evaluator reads the annotation file as written, so a bad
+        annotation there stops the run.
+        """
         return validate_dataset(
             DatasetCatalog.get(dataset_name),
             dataset_name,
             json_file=MetadataCatalog.get(dataset_name).get("json_file", None),
             drop_invalid=cfg.DATASETS.DROP_INVALID,
+            drop_annotations=not test,
             cache_dir=cfg.DATASETS.VALIDATION_CACHE_DIR,
         )
 

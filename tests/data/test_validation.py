@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -166,6 +167,9 @@ def test_bad_polygons_in_the_file_are_named_by_annotation(tmp_path, polygon, rea
     assert "instances.json" in message
     kept = _load_and_validate(tmp_path, folder, coco, drop_invalid=True)
     assert [[a["id"] for a in r["annotations"]] for r in kept] == [[11], []]
+    # A test split's evaluator reads the file as written: its bad annotations are not dropped.
+    with pytest.raises(InvalidDatasetError, match=f"b.png: annotation id 12: {re.escape(reason)}"):
+        _load_and_validate(tmp_path, folder, coco, drop_invalid=True, drop_annotations=False)
 
 
 @pytest.mark.parametrize(
