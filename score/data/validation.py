@@ -24,7 +24,12 @@ width). So the ground truth can always be encoded as a mask of the image's
 size: a malformed polygon is reported here, by annotation id, never an
 out-of-memory in the COCO mask encoding of the evaluation.
 
-Only headers and the file's last bytes are read, never the pixels.
+Semantic records (with a ``sem_seg_file_name``) are checked by
+``sem_seg_record_problems``: the image as above, and the label image present,
+readable, single-channel, of the image's size and holding only values of the
+split's class list or its ignore values (``LabelEncoding``); these checks read
+the label pixels. Otherwise only headers and the file's last bytes are read,
+never the pixels.
 ``validate_dataset`` returns the records left; by default a bad record raises
 ``InvalidDatasetError`` listing all of them (file and annotation id), with
 DATASETS.DROP_INVALID the bad images and annotations are dropped and counted.
@@ -49,6 +54,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..fileio import atomic_write
+from .labels import LabelEncoding, read_label
 
 __all__ = [
     "RECORD_CHECKS",
@@ -57,6 +63,7 @@ __all__ = [
     "coco_file_problems",
     "image_problem",
     "register_record_check",
+    "sem_seg_record_problems",
     "validate_dataset",
 ]
 
@@ -218,7 +225,43 @@ def register_record_check(check: RecordCheck) -> RecordCheck:
     return check
 
 
-def _record_problems(record: dict[str, Any]) -> list[Problem]:
+def sem_seg_record_problems(record: dict[str, Any], encoding: LabelEncoding) -> list[tuple[None, str]]:
+    """Problems of a semantic record: its image, and its label's presence, size and values.
+
+    Returns:
+        [(None, why)] (the whole record is unusable), empty when the record is usable.
+    """
+    h, w = record.get("height"), record.get("width")
+    why = image_problem(record["file_name"], h, w)
+    if why is not None:
+        return [(None, why)]
+    label_file = record["sem_seg_file_name"]
+    if not os.path.isfile(label_file):
+        return [(None, f"label file not found: {label_file}")]
+    try:
+        label = read_label(label_file)
+    except (OSError, ValueError) as e:
+        return [(None, f"label unreadable: {e}")]
+    if h is None or w is None:
+        with Image.open(record["file_name"]) as img:
+            w, h = img.size
+    if label.shape != (h, w):
+        return [(None, f"label {label_file} is {label.shape[1]}x{label.shape[0]} (WxH), the image {w}x{h}")]
+    unknown = encoding.unknown_values(label)
+    if unknown:
+        return [
+            (
+                None,
+                f"label {label_file} has value(s) {unknown} outside the class values "
+                f"{list(encoding.label_values)} and the ignore values {list(encoding.ignore_values)}",
+            )
+        ]
+    return []
+
+
+def _record_problems(record: dict[str, Any], encoding: Optional[LabelEncoding] = None) -> list[Problem]:
+    if "sem_seg_file_name" in record and encoding is not None:
+        return sem_seg_record_problems(record, encoding)
     return [problem for check in RECORD_CHECKS for problem in check(record)]
 
 
@@ -271,15 +314,18 @@ def coco_file_problems(coco: Any) -> tuple[list[str], dict[Any, list[Problem]]]:
     return file_problems, dict(per_image)
 
 
-def _cache_path(cache_dir: str, json_file: str, dicts: list[dict[str, Any]]) -> Optional[str]:
-    """The cache file of these records: keyed by the JSON and every file they name (path, size, mtime)."""
-    try:
-        st = os.stat(json_file)
-    except OSError:
-        return None
-    key = hashlib.sha1(
-        f"{_CHECKS_VERSION}|{os.path.abspath(json_file)}|{st.st_size}|{st.st_mtime_ns}".encode()
-    )
+def _cache_path(
+    cache_dir: str, json_file: Optional[str], dicts: list[dict[str, Any]], encoding: Optional[LabelEncoding]
+) -> Optional[str]:
+    """The cache file of these records: keyed by the checks' version, the annotation file, the label
+    encoding and every file the records name (path, size, mtime)."""
+    key = hashlib.sha1(f"{_CHECKS_VERSION}|{encoding!r}".encode())
+    if json_file:
+        try:
+            st = os.stat(json_file)
+        except OSError:
+            return None
+        key.update(f"|{os.path.abspath(json_file)}|{st.st_size}|{st.st_mtime_ns}".encode())
     for record in dicts:
         for field, path in record.items():
             if not field.endswith("file_name"):
@@ -287,17 +333,17 @@ def _cache_path(cache_dir: str, json_file: str, dicts: list[dict[str, Any]]) -> 
             try:
                 st = os.stat(path)
                 key.update(f"|{path}|{st.st_size}|{st.st_mtime_ns}".encode())
-            except OSError:
+            except (OSError, TypeError):
                 key.update(f"|{path}|-".encode())
     return os.path.join(cache_dir, key.hexdigest() + ".json")
 
 
 def _find_problems(
-    dicts: list[dict[str, Any]], name: str, json_file: Optional[str]
+    dicts: list[dict[str, Any]], name: str, json_file: Optional[str], encoding: Optional[LabelEncoding]
 ) -> tuple[list[str], dict[str, list[Problem]]]:
     problems: dict[str, list[Problem]] = {}
     for record in tqdm(dicts, desc=f"Validating {name}", unit="img", mininterval=1.0):
-        found = _record_problems(record)
+        found = _record_problems(record, encoding)
         if found:
             problems[record["file_name"]] = found
     file_problems: list[str] = []
@@ -320,6 +366,7 @@ def validate_dataset(
     drop_invalid: bool = False,
     drop_annotations: bool = True,
     cache_dir: Optional[str] = None,
+    label_encoding: Optional[LabelEncoding] = None,
 ) -> list[dict[str, Any]]:
     """Check every record of a dataset; stop on bad ones, or drop them.
 
@@ -333,6 +380,8 @@ def validate_dataset(
         drop_annotations: False: bad annotations are not dropped but raise
             (a test split, whose evaluator reads the annotation file as written).
         cache_dir: folder of the cache; None or "" disables it.
+        label_encoding: the split's label encoding; semantic records (with a
+            ``sem_seg_file_name``) are checked with it (``sem_seg_record_problems``).
 
     Returns:
         The usable records (``dicts`` itself when every record is usable).
@@ -340,14 +389,15 @@ def validate_dataset(
     Raises:
         InvalidDatasetError: listing every bad record, when ``drop_invalid`` is False.
     """
-    cache = _cache_path(cache_dir, json_file, dicts) if cache_dir and json_file else None
+    cacheable = cache_dir and (json_file or label_encoding is not None)
+    cache = _cache_path(cache_dir, json_file, dicts, label_encoding) if cacheable else None
     cached: Optional[dict[str, Any]] = None
     if cache is not None and os.path.isfile(cache):
         with open(cache, encoding="utf-8") as f:
             cached = json.load(f)
         logger.info("Validation of %s read from the cache %s", name, cache)
     if cached is None:
-        file_problems, problems = _find_problems(dicts, name, json_file)
+        file_problems, problems = _find_problems(dicts, name, json_file, label_encoding)
         cached = {"file": file_problems, "records": problems}
         if cache is not None:
             with atomic_write(cache) as f:
