@@ -384,10 +384,12 @@ class Trainer(DefaultTrainer):
         the evaluator reads the annotation file as written, so a bad
         annotation there stops the run.
         """
+        # Loading first: a load under another DETECTRON2_DATASETS replaces the metadata entry.
+        dicts = DatasetCatalog.get(dataset_name)
         metadata = MetadataCatalog.get(dataset_name)
         semantic = metadata.get("evaluator_type", None) == "sem_seg"
         return validate_dataset(
-            DatasetCatalog.get(dataset_name),
+            dicts,
             dataset_name,
             json_file=metadata.get("json_file", None),
             drop_invalid=cfg.DATASETS.DROP_INVALID,
