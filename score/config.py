@@ -256,12 +256,13 @@ def add_score_config(cfg: CN) -> None:
     cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
 
     # --- Dataset validation (score/data/validation.py), run on every training
-    # and test split before the first iteration. False: a bad record (missing,
+    # and test split before the model is built. False: a bad record (missing,
     # truncated or wrongly sized image, annotation without a usable mask) stops
-    # the run with the list of all of them; True: they are dropped and counted.
+    # the run with the list of all of them; True: they are dropped and counted
+    # (not the annotations of a test split, nor problems of the file itself).
     cfg.DATASETS.DROP_INVALID = False
-    # Folder of the validation cache (one file per annotation file, keyed by its
-    # size and mtime); "" turns the cache off.
+    # Folder of the validation cache (keyed by the annotation file and the size
+    # and mtime of every image); "" turns the cache off.
     cfg.DATASETS.VALIDATION_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "score", "validation")
 
     # --- Reliability of inputs and checkpoints (docs/RELIABILITY.md).

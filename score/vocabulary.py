@@ -17,12 +17,14 @@ synonyms separated by commas (``"ship, boat"``). The rules:
   checks that it names the classes of ``DATASETS.TRAIN`` in their order
   (:func:`check_train_vocabulary`).
 * **Command line**: ``--vocab "ship,storage tank"`` or a file with one class
-  a line, synonyms separated by commas (:func:`parse_vocabulary`); a class
-  given twice is an error.
+  a line, synonyms separated by commas (:func:`parse_vocabulary`). Quotes
+  around a name are removed (CSV style); a name shared by two entries (any
+  synonym, after normalisation) is an error naming both.
 """
 
 from __future__ import annotations
 
+import csv
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -154,47 +156,79 @@ def check_train_vocabulary(cfg) -> None:
         )
 
 
+def _fields(text: str, where: str) -> List[str]:
+    """Comma-separated fields of ``text``, CSV style: double quotes group (commas too) and are removed.
+
+    Matching single quotes around a field are removed too; a double quote left
+    inside a field is an error.
+    """
+    try:
+        fields = next(csv.reader([text], skipinitialspace=True, strict=True), [])
+    except csv.Error as error:
+        raise ValueError(f"{where}: unbalanced quotes in {text!r} ({error})") from None
+    out = []
+    for field in fields:
+        field = field.strip()
+        if len(field) >= 2 and field[0] == field[-1] == "'":
+            field = field[1:-1].strip()
+        if '"' in field:
+            raise ValueError(f"{where}: stray double quote in the class name {field!r}")
+        out.append(field)
+    return out
+
+
 def parse_vocabulary(text: Optional[str] = None, file: Optional[str] = None) -> List[str]:
     """Class names from a command-line string or a file (exactly one of them).
 
     Args:
-        text: classes separated by commas: ``"ship,storage tank,harbor"``.
+        text: classes separated by commas: ``"ship,storage tank,harbor"``. A
+            name may be quoted (``'ship,"storage tank"'``); quotes are removed,
+            and a quoted field holding commas is one class with synonyms
+            (``'"ship, boat",harbor'``).
         file: UTF-8 text, one class per line; a line may list synonyms
-            separated by commas (``ship,boat`` is one class). Blank lines and
-            lines starting with ``#`` are skipped.
+            separated by commas (``ship,boat`` is one class), quoted or not.
+            Blank lines and lines starting with ``#`` are skipped.
 
     Returns:
-        One entry per class (synonyms still joined by commas, as
-        ``SCORE.set_vocabulary`` takes them), surrounding spaces removed.
+        One entry per class (synonyms joined by ", ", as
+        ``SCORE.set_vocabulary`` takes them), quotes and surrounding spaces removed.
 
     Raises:
-        ValueError: both or neither given, no class at all, or a class given twice.
+        ValueError: both or neither given, no class at all, unbalanced quotes,
+            or a name (any synonym, after normalisation) in two entries; the
+            message names both entries (their lines for a file).
     """
     if (text is None) == (file is None):
         raise ValueError("give the vocabulary either as text or as a file, not both or neither")
+    entries: List[Tuple[str, str]] = []  # (where, entry)
     if text is not None:
-        names = [name.strip() for name in text.split(",")]
         source = f"--vocab {text!r}"
+        for i, field in enumerate(_fields(text, source), start=1):
+            entries.append((f"entry {i}", ", ".join(s.strip() for s in field.split(",") if s.strip())))
     else:
-        with open(file, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-        names = [
-            ", ".join(s.strip() for s in line.split(",") if s.strip()) for line in lines if line[:1] != "#"
-        ]
         source = f"vocabulary file {file}"
-    names = [name for name in names if name]
-    if not names:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.strip()
+                if line[:1] == "#":
+                    continue
+                synonyms = [s for s in _fields(line, f"{source}, line {number}") if s]
+                entries.append((f"line {number}", ", ".join(synonyms)))
+    entries = [(where, name) for where, name in entries if name]
+    if not entries:
         raise ValueError(f"the vocabulary is empty ({source}): give at least one class name")
-    unusable = [name for name in names if not normalize_class_name(name)]
+    unusable = [name for _, name in entries if not normalize_class_name(name)]
     if unusable:
         raise ValueError(f"class names without any letter or digit in {source}: {unusable}")
-    first_seen = {}
-    duplicates = []
-    for name in names:
-        key = tuple(normalize_class_name(name))
-        if key in first_seen:
-            duplicates.append((first_seen[key], name))
-        first_seen.setdefault(key, name)
-    if duplicates:
-        raise ValueError(f"classes given more than once in {source}: {duplicates}")
-    return names
+    owner: dict = {}  # normalised synonym -> (where, entry) that named it first
+    clashes = []
+    for where, name in entries:
+        for synonym in dict.fromkeys(normalize_class_name(name)):
+            if synonym in owner:
+                first_where, first = owner[synonym]
+                clashes.append(f"{first_where} {first!r} and {where} {name!r} both name {synonym!r}")
+            else:
+                owner[synonym] = (where, name)
+    if clashes:
+        raise ValueError(f"a class is named more than once in {source}: " + "; ".join(clashes))
+    return [name for _, name in entries]

@@ -215,8 +215,8 @@ def test_head_is_built_from_the_registry_by_name(tmp_path):
     assert SEM_SEG_HEADS_REGISTRY.get("SCOREHead") is SCOREHead
     train_net = load_script("train_net.py")
     args = default_argument_parser().parse_args(
-        ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path)]
-        + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]
+        ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "()"]
+        + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]  # no test split: its data would be checked first
     )
     with pytest.raises(KeyError, match="No object named 'NoSuchHead' found in 'SEM_SEG_HEADS' registry"):
         train_net.main(args)

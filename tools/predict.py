@@ -22,9 +22,11 @@ each scene (--shard), are shared out over the processes.
 Images larger than the model's test size (the test resize would shrink them
 more than 2x) go through tiled inference (--tiling auto; see docs/PREDICT.md).
 An image that cannot be read is reported with its file name and skipped; the
-others are still processed and the exit status is 1 at the end. A scene
-without any valid pixel (all nodata, masked or NaN) is skipped with a warning
-and does not change the exit status. Finished results of another run (other
+others are still processed and the exit status is 1 at the end. Usage errors
+(--opts not last, no MODEL.WEIGHTS without --allow-untrained, a bad
+vocabulary or output folder) exit with status 2 before the model is built.
+A scene without any valid pixel (all nodata, masked or NaN) is skipped with a
+warning and does not change the exit status. Finished results of another run (other
 model, vocabulary, config, settings or scene) in --output are never replaced
 without --overwrite: the run is refused before anything is written.
 """
@@ -163,9 +165,40 @@ def get_parser() -> argparse.ArgumentParser:
         "in --output; without it such a folder is refused before anything is written",
     )
     parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="predict without MODEL.WEIGHTS, with the model's random initialisation (tests, timings)",
+    )
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last option)"
     )
     return parser
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line; a usage error (exit 2) when --opts is not last or not KEY VALUE pairs."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    misplaced = [o for o in args.opts if o.split("=")[0] in parser._option_string_actions]
+    if misplaced:
+        parser.error(
+            f"--opts must come last: it takes everything after it as KEY VALUE config overrides, and "
+            f"{' '.join(misplaced)} came after it. Move {' '.join(misplaced)} before --opts"
+        )
+    if len(args.opts) % 2:
+        parser.error(f"--opts takes KEY VALUE pairs; got an odd number of words: {args.opts}")
+    return args
+
+
+def check_weights(args: argparse.Namespace, cfg) -> None:
+    """No MODEL.WEIGHTS is a usage error, unless --allow-untrained or the config asks for random weights."""
+    if cfg.MODEL.WEIGHTS or args.allow_untrained or cfg.MODEL.SCORE.RANDOM_INIT_CLIP:
+        return
+    raise ValueError(
+        f"no MODEL.WEIGHTS in {args.config_file} or --opts: the predictions would be those of an untrained "
+        "model. Give the trained checkpoint with --opts MODEL.WEIGHTS path/to/model_final.pth, or "
+        "--allow-untrained to predict with random weights on purpose"
+    )
 
 
 def find_images(patterns: List[str]) -> List[str]:
@@ -553,7 +586,7 @@ def bound_malloc_cache(threshold: int = 4 << 20) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; 0 on success, 1 when some images could not be read, 2 on a usage error."""
-    args = get_parser().parse_args(argv)
+    args = parse_args(argv)
     # GDAL's block cache defaults to 5 % of the RAM (1.2 GB of 24 GB) and fills as the windows of a large
     # scene are read; tiles go row by row, so only the blocks of about one row of tiles are read again.
     os.environ.setdefault("GDAL_CACHEMAX", "32")  # MB; a value the user set is kept
@@ -564,6 +597,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
         cfg.freeze()
+        check_weights(args, cfg)
         cfg = adapt_cfg_to_device(cfg)
         given = args.vocab is not None or args.vocab_file is not None
         vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None

@@ -77,7 +77,19 @@ def picture(path, seed, size=(90, 120)):
 def run(tool, inputs, out, vocab, *extra):
     torch.manual_seed(0)  # the same random weights every run: the same model for the run's key
     argv = ["--config-file", str(TINY_CONFIG), "--input", *map(str, inputs), "--output", str(out)]
-    return tool.main([*argv, "--vocab", vocab, "--confidence-threshold", "0", "--no-vis", *extra, *FAST_OPTS])
+    return tool.main(
+        [
+            *argv,
+            "--vocab",
+            vocab,
+            "--confidence-threshold",
+            "0",
+            "--no-vis",
+            "--allow-untrained",
+            *extra,
+            *FAST_OPTS,
+        ]
+    )
 
 
 def snapshot(folder):
