@@ -4,7 +4,7 @@ Shorthand: K classes, H x W the scene, T tile side, O tile overlap (px), rows
 of tiles r = 0..R-1, ``top(r)`` the first pixel row of the tiles of row r.
 
 :class:`ClassMapSink` is the :class:`score.predict.scene.SceneSink` of
-semantic segmentation. Each window's (K, h, w) class scores are added to
+semantic segmentation. Each window's (K, h, w) class probabilities are added to
 running sums weighted by :func:`window_weights`: 1 inside, falling linearly
 over the O px next to a window border that lies inside the scene (never 0),
 so that where windows overlap the scores fade from one into the other and no
@@ -205,13 +205,20 @@ class ClassMapSink:
     # Tiles (also where the window was predicted, without open) ----------------------------------------
 
     def tile(self, window: Box, output) -> np.ndarray:
-        """(K, h, w) float16 class scores of the window (float16 halves a sharded run's part files)."""
+        """(K, h, w) float16 class probabilities of the window: the model's class scores over their sum.
+
+        Mask2Former's semantic scores sum over the classes to up to Q (one share
+        per query); divided by that sum they are probabilities, which the winning
+        score and ``min_confidence`` are about (the winning class is the same).
+        float16 halves a sharded run's part files.
+        """
         x0, y0, x1, y1 = window
         scores = output.numpy() if hasattr(output, "numpy") else np.asarray(output)
         expected = (len(self.class_names), y1 - y0, x1 - x0)
         if scores.shape != expected:
             raise ValueError(f"class scores of shape {scores.shape} for window {window}; expected {expected}")
-        return scores.astype(np.float16)
+        total = scores.sum(axis=0, keepdims=True, dtype=np.float32)
+        return (scores / np.maximum(total, np.finfo(np.float32).tiny)).astype(np.float16)
 
     def encode(self, tile: np.ndarray) -> Dict:
         return {"shape": list(tile.shape), "scores": base64.b64encode(tile.tobytes()).decode("ascii")}

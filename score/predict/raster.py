@@ -124,13 +124,14 @@ def write_class_geotiff(
         "count": 1,
         "dtype": np.dtype(dtype).name,
         "nodata": nodata,
-        "transform": transform if transform is not None else Affine.identity(),
         "crs": crs,
         "tiled": True,
         "blockxsize": BLOCK,
         "blockysize": BLOCK,
         "compress": "deflate",
     }
+    if transform is not None:
+        profile["transform"] = transform
     partial = path + ".part"
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(partial, "w", **profile) as dst:
         for top in range(0, height, BLOCK):

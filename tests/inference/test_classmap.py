@@ -50,7 +50,7 @@ class ScoreReader:
 
 
 def fake_model(image):
-    """(K, h, w) scores: 0.8 for the pixel's class, 0.05 elsewhere (what blending must keep)."""
+    """(K, h, w) scores: 0.8 for the pixel's class, 0.05 elsewhere (0.8 / 0.95 once normalised)."""
     scores = np.full((len(NAMES), *image.shape[:2]), 0.05, np.float32)
     np.put_along_axis(scores, image[None, :, :, 0].astype(np.int64), 0.8, 0)
     return scores
@@ -121,7 +121,7 @@ def test_class_map_on_the_input_grid_with_classes_and_colours(tmp_path):
     assert classes["classes"][0]["synonyms"] == ["water", "lake"]
     with rasterio.open(tmp_path / "classmaps/scene.confidence.tif") as src:
         assert src.transform == TRANSFORM and src.dtypes[0] == "float32"
-        np.testing.assert_allclose(src.read(1), 0.8, atol=1e-3)
+        np.testing.assert_allclose(src.read(1), 0.8 / 0.95, atol=1e-3)
     # Checkpoint leftovers are gone once the scene is done.
     assert sorted(os.listdir(tmp_path / "scenes/scene")) == ["manifest.json", "progress.jsonl"]
 
