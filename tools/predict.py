@@ -13,6 +13,7 @@ Writes, under --output:
   geojson/<id>.geojson      one Feature per instance, for georeferenced (Geo)TIFFs
   geojson/<id>.geojsonl     the same Features, one per line, streamed as tile rows finish
   scenes/<id>/              streamed COCO results, per-tile progress and the resume manifest
+  classmaps/<id>.png, .tif   class maps of --task semantic (docs/PREDICT.md, "Class maps")
 
 A scene's results are written as its rows of tiles finish (memory bounded by
 the rows, not by the detections) and an interrupted run continues from the
