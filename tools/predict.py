@@ -23,18 +23,24 @@ each scene (--shard), are shared out over the processes.
 Images larger than the model's test size (the test resize would shrink them
 more than 2x) go through tiled inference (--tiling auto; see docs/PREDICT.md).
 An image that cannot be read is reported with its file name and skipped; the
-others are still processed and the exit status is 1 at the end.
+others are still processed and the exit status is 1 at the end. A scene
+without any valid pixel (all nodata, masked or NaN) is skipped with a warning
+and does not change the exit status. Finished results of another run (other
+model, vocabulary, config, settings or scene) in --output are never replaced
+without --overwrite: the run is refused before anything is written.
 """
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import on numpy>=1.24, Pillow>=10)
 import argparse
 import ctypes
 import glob
+import functools
 import hashlib
 import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -59,7 +65,15 @@ from score.predict.geotiff import GEO_SUFFIXES, GeoTiffReader
 from score.predict.instances import InstanceSink, write_coco_results
 from score.predict.masks import BAND_PIXELS
 from score.predict.predictor import SCOREPredictor
-from score.predict.scene import SceneEngine, file_digest, predict_tiles, state_dict_digest
+from score.predict.scene import (
+    SceneEngine,
+    file_digest,
+    key_differences,
+    predict_tiles,
+    read_manifest,
+    scene_folder,
+    state_dict_digest,
+)
 from score.predict.sharding import part_path, predict_tile_part, rank_tiles, stream_from_parts
 from score.predict.windows import ArrayReader, Box, tile_windows
 from score.vocabulary import display_name, first_synonym, parse_vocabulary
@@ -146,6 +160,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--no-resume", dest="resume", action="store_const", const="never", help="start every scene over"
     )
     add_semantic_arguments(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished results of another run (other model, vocabulary, config, settings or scene) "
+        "in --output; without it such a folder is refused before anything is written",
+    )
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last option)"
     )
@@ -298,6 +318,7 @@ def instance_sink(reader, image_id: str, args, class_names, *, features=None, ca
         features=features,
         canvas=canvas,
         band_pixels=args.band_pixels,
+        valid=getattr(reader, "valid", None),
     )
 
 
@@ -332,6 +353,8 @@ def open_engine(reader, path: str, image_id: str, windows: List[Box], args, clas
         windows=windows,
         key=key,
         resume=args.resume,
+        overwrite=args.overwrite,
+        file_name=path,
     )
 
 
@@ -378,11 +401,7 @@ def process_image(predictor, reader, path: str, image_id: str, args: argparse.Na
     """
     start = time.perf_counter()
     windows, tiled = scene_windows(reader, args, cfg)
-    key = {
-        "scene": file_digest(path),
-        "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
-        **key,
-    }
+    key = scene_key(path, windows, key)
     if args.shard == "rows" and comm.get_world_size() > 1:
         engine = predict_rows_sharded(predictor, reader, path, image_id, windows, args, key, tiled)
         if engine is None:
@@ -410,6 +429,108 @@ def process_image(predictor, reader, path: str, image_id: str, args: argparse.Na
         values += [len(windows), sink.tile_detections, peak_rss_mib()]
     logger.info(message, *values)
     return engine
+
+
+# A scene's file is hashed once a run, also when the check of finished results hashed it first.
+scene_digest = functools.lru_cache(maxsize=None)(file_digest)
+
+# The members of a scene's key that the run gives (the others, "scene" and "windows", are the scene's).
+RUN_MEMBERS = ("model", "vocabulary", "config", "settings")
+
+
+def scene_key(path: str, windows: List[Box], key: dict) -> dict:
+    """The key of one scene's output: its content and tile windows, and the run's ``key``."""
+    return {
+        "scene": scene_digest(path),
+        "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
+        **key,
+    }
+
+
+def same_run(manifest: dict, key: dict) -> bool:
+    """Whether a scene's manifest is of a run with this model, vocabulary, config and settings."""
+    return all(manifest["key"].get(k) == json.loads(json.dumps(key[k])) for k in RUN_MEMBERS)
+
+
+def finished_elsewhere(
+    paths: List[str], ids: List[str], args: argparse.Namespace, cfg, key: dict
+) -> List[str]:
+    """Messages naming each finished result in --output that this run would replace (read-only).
+
+    A scene of the inputs is replaced when its finished output has another key
+    (its content or tiling changed too); a finished scene of no input when it is
+    of another run, whose predictions.json this run would rewrite. Under --resume
+    a partial output of an input with another key is named too.
+    """
+    conflicts = []
+    stems = {output_stem(i): (p, i) for p, i in zip(paths, ids)}
+    root = os.path.join(args.output, "scenes")
+    for stem in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        manifest = read_manifest(args.output, stem)
+        if manifest is None:
+            continue
+        partial = not manifest.get("complete")
+        if partial and not (stem in stems and args.resume == "always"):
+            continue
+        if stem in stems:
+            path = stems[stem][0]
+            try:
+                reader = open_scene(path, args)
+            except (OSError, ValueError):
+                continue  # reported and skipped when its turn comes; its output is left alone
+            try:
+                windows, _ = scene_windows(reader, args, cfg)
+            finally:
+                if isinstance(reader, GeoTiffReader):
+                    reader.close()
+            new = scene_key(path, windows, key)
+        elif not same_run(manifest, key):
+            new = key
+        else:
+            continue
+        old = manifest["key"] if stem in stems else {k: manifest["key"].get(k) for k in RUN_MEMBERS}
+        differ = key_differences(old, json.loads(json.dumps(new)))
+        if differ:
+            what = (
+                "a partial output (--resume continues only this run's)" if partial else "the complete output"
+            )
+            conflicts.append(
+                f"{scene_folder(args.output, stem)} holds {what} of another run "
+                f"(different {', '.join(differ)})"
+            )
+    return conflicts
+
+
+def earlier_scenes(args: argparse.Namespace, key: dict, done_ids: set) -> List[Tuple[dict, str]]:
+    """The finished scenes in --output of this run's model, vocabulary, config and settings that this run
+    did not predict: (COCO image entry, detections file), for predictions.json."""
+    root = os.path.join(args.output, "scenes")
+    found = []
+    for stem in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        manifest = read_manifest(args.output, stem)
+        if manifest is None or not manifest.get("complete") or not same_run(manifest, key):
+            continue
+        if manifest["image_id"] in done_ids:
+            continue
+        image = {
+            "id": manifest["image_id"],
+            "file_name": manifest.get("file_name") or manifest["image_id"],
+            "height": manifest["height"],
+            "width": manifest["width"],
+        }
+        found.append((image, os.path.join(scene_folder(args.output, stem), "detections.jsonl")))
+    return found
+
+
+def discard_unstarted(output: str, stem: str) -> None:
+    """Remove what a failed scene left when it was new to --output and no row of tiles was finished."""
+    manifest = read_manifest(output, stem)
+    if manifest is not None and manifest.get("rows_done", 0) > 0:
+        return  # resumable with --resume
+    shutil.rmtree(scene_folder(output, stem), ignore_errors=True)
+    features = os.path.join(output, "geojson", stem + ".geojsonl")
+    if os.path.isfile(features):
+        os.remove(features)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -689,7 +810,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
     key = run_key(args, cfg, model_digest, class_names)
     rank, world = comm.get_rank(), comm.get_world_size()
-    items = list(enumerate(zip(paths, image_ids(paths))))
+    ids = image_ids(paths)
+    conflicts = finished_elsewhere(paths, ids, args, cfg, key) if not args.overwrite else []
+    if conflicts:
+        for conflict in conflicts:
+            logger.error("%s", conflict)
+        logger.error(
+            "--output %s holds finished results that this run would replace; nothing was written. "
+            "Choose another --output, or give --overwrite to replace them",
+            args.output,
+        )
+        return 2
+    items = list(enumerate(zip(paths, ids)))
     if args.shard == "scenes" and world > 1:
         items = items[rank::world]  # each rank writes the outputs of its own scenes
     done, failed = [], []  # (input index, COCO image entry, detections file); paths
@@ -700,11 +832,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             logger.error("%s", error)
             failed.append(path)
             continue
+        if isinstance(reader, GeoTiffReader) and not reader.has_data:
+            logger.warning(
+                "%s: skipped, no valid pixel in bands %s (all nodata, masked or NaN)",
+                path,
+                list(reader.bands),
+            )
+            reader.close()
+            continue
+        stem = output_stem(image_id)
+        new = not os.path.isdir(scene_folder(args.output, stem))
         try:
             engine = process_image(predictor, reader, path, image_id, args, cfg, key)
         except (OSError, ValueError) as error:  # a damaged block of a large raster, a foreign partial output
-            logger.error("%s", error)
+            logger.error("%s" if path in str(error) else f"{path}: %s", error)
             failed.append(path)
+            if new and rank == 0:
+                discard_unstarted(args.output, stem)
             continue
         finally:
             if isinstance(reader, GeoTiffReader):
@@ -726,8 +870,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             for i, n in enumerate(class_names)
         ]
         results_path = os.path.join(args.output, "predictions.json")
+        scenes = [(image, name) for _, image, name in done]
+        scenes += earlier_scenes(args, key, {image["id"] for image, _ in scenes})
         count = write_coco_results(
-            results_path, [image for _, image, _ in done], categories, [name for _, _, name in done]
+            results_path, [image for image, _ in scenes], categories, [name for _, name in scenes]
         )
         logger.info(
             "Wrote %d detections on %d images to %s; peak resident memory %.0f MiB",

@@ -7,8 +7,10 @@ detectron2's ``read_image`` (PIL) saturates or truncates 16-bit PNG, 16-bit
 or float TIFF and 16-bit PNM; :func:`read_image_uint8` reads them whole and
 maps them to 0..255, either by per-band percentiles (``"percentile"``,
 default: the 2nd and 98th percentiles of a nearest-neighbour decimation of at
-most 1024 px a side, invalid pixels excluded, clipped) or by the dtype's range
-(``"dtype"``: 0..max of the integer type, e.g. / 65535 for uint16).
+most 1024 px a side, invalid pixels and NaN excluded, clipped) or by the dtype's
+range (``"dtype"``: 0..max of the integer type, e.g. / 65535 for uint16).
+Invalid pixels (no data) and NaN are drawn as 0 in every band, whatever the
+file's nodata value, so that they look the same in every picture.
 Satellite products often store 11 or 12 bits in uint16, which the dtype range
 would render almost black; hence percentiles by default. 8-bit files keep
 detectron2's reader (EXIF orientation included).
@@ -109,7 +111,8 @@ def stretch(
     """Per-band (offset, scale) with value_8bit = clip((value - offset) * scale, 0, 255).
 
     Args:
-        sample: (3, h, w) the decimated bands, invalid pixels masked (read for "percentile" only).
+        sample: (3, h, w) the decimated bands, invalid pixels masked (read for "percentile" only);
+            NaN and infinite values are ignored too.
         dtype: the file's dtype: uint8 is kept as it is.
         scaling: "percentile" (``percentiles`` of each band's valid pixels to 0 and 255)
             or "dtype" (0..max of the integer type to 0..255).
@@ -129,6 +132,7 @@ def stretch(
     offsets, scales = np.zeros(3), np.ones(3)
     for i, band in enumerate(sample):
         values = band.compressed().astype(np.float64)
+        values = values[np.isfinite(values)]
         if values.size == 0:
             continue
         low, high = np.percentile(values, percentiles)
@@ -139,14 +143,22 @@ def stretch(
     return offsets, scales
 
 
-def to_uint8(data: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(3, h, w) values -> (h, w, 3) uint8 by the (offset, scale) of :func:`stretch` (uint8 kept as it is)."""
+def to_uint8(
+    data: np.ndarray, offset: np.ndarray, scale: np.ndarray, valid: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """(3, h, w) values -> (h, w, 3) uint8 by the (offset, scale) of :func:`stretch` (uint8 kept as it is).
+
+    Pixels where ``valid`` ((h, w) bool) is False, and NaN values, are 0.
+    """
     if data.dtype != np.uint8:
         data = (data.astype(np.float32) - offset[:, None, None].astype(np.float32)) * scale[
             :, None, None
         ].astype(np.float32)
-        data = np.clip(np.rint(data), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(data.transpose(1, 2, 0))
+        data = np.clip(np.nan_to_num(np.rint(data), nan=0.0), 0, 255).astype(np.uint8)
+    image = np.ascontiguousarray(data.transpose(1, 2, 0))
+    if valid is not None and not valid.all():
+        image = np.where(valid[:, :, None], image, np.uint8(0))
+    return image
 
 
 def high_bit_depth(path: str) -> bool:
@@ -233,7 +245,7 @@ def read_image_uint8(
     data = _read_bands(path, bands)
     sample = decimate(data, stats_shape(*data.shape[1:]))
     offset, scale = stretch(sample, data.dtype, scaling, percentiles, path)
-    image = to_uint8(data.data, offset, scale)
+    image = to_uint8(data.data, offset, scale, valid=~np.ma.getmaskarray(data).any(axis=0))
     log_first_n(
         logging.WARNING,
         f"Images with more than 8 bits per channel are stretched to 8 bit by {scaling!r} "

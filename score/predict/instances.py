@@ -18,6 +18,13 @@ in memory: objects that chain across the whole scene (a weak model at
 threshold 0) stay open until the end, and their masks, even bit-packed, would
 grow with the scene.
 
+No data: given the scene's valid-data mask (``valid``, e.g.
+:meth:`score.predict.geotiff.GeoTiffReader.valid`), the sink drops, in each
+tile before merging, every instance whose mask lies mostly (more than
+:data:`MAX_NO_DATA`) in no data, and clips the others' masks to valid data
+(:func:`clip_to_valid`). A model sees nodata as black ground and may find
+objects there; an object cut by the border of the data keeps its valid part.
+
 At each checkpoint the sink saves the held pieces (their records, in the
 merger's order) and the overlay so far; a resumed scene gets them back, so
 the rest runs exactly as it would have without the interruption.
@@ -46,6 +53,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
@@ -57,12 +65,42 @@ from .scene import read_lines, scene_folder
 from .spill import PieceStore, SpilledInstance
 from .windows import Box
 
-__all__ = ["InstanceSink", "instance_from_record", "instance_record", "write_coco_results"]
+__all__ = [
+    "MAX_NO_DATA",
+    "InstanceSink",
+    "clip_to_valid",
+    "instance_from_record",
+    "instance_record",
+    "write_coco_results",
+]
 
 logger = logging.getLogger(__name__)
 
+# An instance with a larger share of its mask in no data is dropped.
+MAX_NO_DATA = 0.5
+
 # What one tile gives the sink: its instances above the threshold, and the best score it had (None if none).
 TilePieces = Tuple[List[SceneInstance], Optional[float]]
+
+
+def clip_to_valid(instances: Instances, valid: np.ndarray, max_no_data: float = MAX_NO_DATA) -> Instances:
+    """The instances of a window whose mask lies at most ``max_no_data`` in no data, masks cut to valid data.
+
+    Args:
+        instances: predictions on the window, ``pred_masks`` (R, h, w).
+        valid: (h, w) bool, True where the window holds data.
+        max_no_data: largest share of a mask's pixels in no data that is kept.
+    """
+    if valid.all() or len(instances) == 0:
+        return instances
+    masks = instances.pred_masks.detach().cpu().bool()
+    valid = torch.from_numpy(np.ascontiguousarray(valid))
+    area = masks.flatten(1).sum(1)
+    inside = (masks & valid).flatten(1).sum(1)
+    keep = torch.nonzero(area - inside <= max_no_data * area).flatten()
+    kept = instances[keep.to(instances.pred_masks.device)]
+    kept.pred_masks = (masks[keep] & valid).to(instances.pred_masks.device)
+    return kept
 
 
 def instance_record(inst: SceneInstance) -> dict:
@@ -135,6 +173,7 @@ class InstanceSink:
         features: Optional[FeatureMaker] = None,
         canvas: Optional[Callable[[], Tuple[np.ndarray, float]]] = None,
         band_pixels: int = BAND_PIXELS,
+        valid: Optional[Callable[[Box], np.ndarray]] = None,
     ):
         """
         Args:
@@ -151,6 +190,8 @@ class InstanceSink:
             band_pixels: objects whose box holds more pixels are drawn on the overlay
                 from their mask reduced band by band (see :func:`score.predict.predictor.draw_instances`;
                 the GeoJSON outline has its own, ``features.band_pixels``).
+            valid: window -> (h, w) bool, True where the scene holds data (see
+                :func:`clip_to_valid`); None: every pixel is data.
         """
         self.image_id, self.height, self.width = image_id, height, width
         self.class_names = list(class_names)
@@ -158,6 +199,7 @@ class InstanceSink:
         self.match_threshold = match_threshold
         self.features = features
         self.band_pixels = band_pixels
+        self.valid = valid
         self.folder = scene_folder(output, stem)
         self.paths = {
             "detections": os.path.join(self.folder, "detections.jsonl"),
@@ -183,7 +225,12 @@ class InstanceSink:
     # Where a window was predicted (also another process) ----------------------------------------------
 
     def tile(self, window: Box, output: Instances) -> TilePieces:
-        """The instances of ``window`` above the threshold, as scene instances, and the best score it had."""
+        """The instances of ``window`` above the threshold, as scene instances, and the best score it had.
+
+        Instances mostly in no data are dropped first, and the others' masks clipped to valid data.
+        """
+        if self.valid is not None:
+            output = clip_to_valid(output, self.valid(window))
         best = float(output.scores.max()) if len(output) else None
         return instances_to_scene(output, window, self.score_threshold), best
 

@@ -50,8 +50,10 @@ __all__ = [
     "SceneEngine",
     "SceneSink",
     "file_digest",
+    "key_differences",
     "predict_tiles",
     "read_lines",
+    "read_manifest",
     "scene_folder",
     "state_dict_digest",
 ]
@@ -65,6 +67,7 @@ _ENGINE_MEMBERS = (
     "version",
     "key",
     "image_id",
+    "file_name",
     "height",
     "width",
     "tiles",
@@ -154,6 +157,22 @@ def scene_folder(output: str, stem: str) -> str:
     return os.path.join(output, "scenes", stem)
 
 
+def read_manifest(output: str, stem: str) -> Optional[Dict]:
+    """The manifest of a scene's output (read-only), None when there is none or it cannot be read."""
+    path = os.path.join(scene_folder(output, stem), "manifest.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("key"), dict) else None
+
+
+def key_differences(old: Dict, new: Dict) -> list:
+    """The members of two keys that differ, sorted."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def file_digest(path: str, chunk: int = 1 << 22) -> str:
     """SHA-256 (hex) of a file's content."""
     digest = hashlib.sha256()
@@ -214,6 +233,8 @@ class SceneEngine:
         windows: Sequence[Box],
         key: Dict,
         resume: str = "auto",
+        overwrite: bool = False,
+        file_name: Optional[str] = None,
     ):
         """
         Args:
@@ -228,11 +249,16 @@ class SceneEngine:
             resume: "auto" (continue a partial output with the same key, start over
                 otherwise), "always" (a partial output with another key is an
                 error) or "never" (always start over).
+            overwrite: a complete output with another key is started over; without it
+                that is an error (whatever ``resume`` says): finished results are never
+                replaced unasked.
+            file_name: the scene's file, recorded in the manifest.
         """
         if resume not in ("auto", "always", "never"):
             raise ValueError(f"resume must be 'auto', 'always' or 'never', not {resume!r}")
         self.sink = sink
         self.image_id, self.height, self.width = image_id, height, width
+        self.file_name = file_name
         self.windows = [tuple(w) for w in windows]
         self.rows = row_starts(self.windows)
         self._row_of = {tile: row for row, tile in enumerate(self.rows)}
@@ -252,23 +278,30 @@ class SceneEngine:
         os.makedirs(self.folder, exist_ok=True)
         state = None
         manifest = self._read_manifest()
-        if manifest is not None and resume != "never":
-            if manifest["key"] == self.key:
-                state = self._resume(manifest)
-            elif resume == "always":
-                differ = sorted(
-                    k
-                    for k in set(manifest["key"]) | set(self.key)
-                    if manifest["key"].get(k) != self.key.get(k)
+        if manifest is not None and manifest["key"] != self.key:
+            differ = ", ".join(key_differences(manifest["key"], self.key))
+            if manifest.get("complete"):
+                if not overwrite:
+                    raise ValueError(
+                        f"{self.folder} holds the complete output of another run (different {differ}); "
+                        "--overwrite replaces it, or choose another --output"
+                    )
+                logger.warning(
+                    "%s: replacing the complete output of another run (different %s)", self.folder, differ
                 )
+            elif resume == "always":
                 raise ValueError(
                     f"--resume: the partial output in {self.folder} is of another run "
-                    f"(different {', '.join(differ)}); remove it or run without --resume"
+                    f"(different {differ}); remove it or run without --resume"
                 )
             else:
                 logger.warning(
-                    "%s: the partial output there is of another run; starting the scene over", self.folder
+                    "%s: the partial output there is of another run (different %s); starting the scene over",
+                    self.folder,
+                    differ,
                 )
+        elif manifest is not None and resume != "never":
+            state = self._resume(manifest)
         if self.complete:
             sink.open(state, complete=True)
             return
@@ -283,13 +316,12 @@ class SceneEngine:
     @staticmethod
     def is_done(output: str, stem: str, key: Dict) -> bool:
         """Whether a scene's output was finished by a run with this key (read-only check)."""
-        path = os.path.join(scene_folder(output, stem), "manifest.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return bool(manifest.get("complete")) and manifest.get("key") == json.loads(json.dumps(key))
+        manifest = read_manifest(output, stem)
+        return (
+            manifest is not None
+            and bool(manifest.get("complete"))
+            and manifest.get("key") == json.loads(json.dumps(key))
+        )
 
     # Opening -----------------------------------------------------------------------------------------
 
@@ -395,6 +427,7 @@ class SceneEngine:
             "version": MANIFEST_VERSION,
             "key": self.key,
             "image_id": self.image_id,
+            "file_name": self.file_name,
             "height": self.height,
             "width": self.width,
             "tiles": len(self.windows),
