@@ -13,6 +13,7 @@ Writes, under --output:
   geojson/<id>.geojson      one Feature per instance, for georeferenced (Geo)TIFFs
   geojson/<id>.geojsonl     the same Features, one per line, streamed as tile rows finish
   scenes/<id>/              streamed COCO results, per-tile progress and the resume manifest
+  classmaps/<id>.png, .tif   class maps of --task semantic (docs/PREDICT.md, "Class maps")
 
 A scene's results are written as its rows of tiles finish (memory bounded by
 the rows, not by the detections) and an interrupted run continues from the
@@ -49,6 +50,7 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+import rasterio
 import torch
 import torch.distributed as dist
 from affine import Affine
@@ -59,6 +61,7 @@ from tqdm import tqdm
 from score.config import get_score_cfg
 from score.data.image_io import read_image_uint8
 from score.engine import adapt_cfg_to_device
+from score.predict.classmap import ClassMapSink
 from score.predict.geojson import FeatureMaker
 from score.predict.geotiff import GEO_SUFFIXES, GeoTiffReader
 from score.predict.instances import InstanceSink, write_coco_results
@@ -158,6 +161,7 @@ def get_parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--no-resume", dest="resume", action="store_const", const="never", help="start every scene over"
     )
+    add_semantic_arguments(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -199,6 +203,35 @@ def check_weights(args: argparse.Namespace, cfg) -> None:
         "model. Give the trained checkpoint with --opts MODEL.WEIGHTS path/to/model_final.pth, or "
         "--allow-untrained to predict with random weights on purpose"
     )
+
+
+def add_semantic_arguments(parser: argparse.ArgumentParser) -> None:
+    """The task, and the options of class maps (the semantic task)."""
+    parser.add_argument(
+        "--task",
+        choices=["semantic", "instance"],
+        help="instance segmentation or a class map; default: the config's MODEL.MASK_FORMER.TEST keys "
+        "(instance when INSTANCE_ON, semantic when only SEMANTIC_ON)",
+    )
+    group = parser.add_argument_group("class maps (--task semantic)")
+    group.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="pixels whose winning class score is below P become no data (255)",
+    )
+    group.add_argument(
+        "--confidence", action="store_true", help="also write the winning class score (float32 GeoTIFF)"
+    )
+    group.add_argument("--vectorize", action="store_true", help="also write the classes as GeoJSON polygons")
+    group.add_argument(
+        "--simplify", type=float, default=0.0, metavar="TOL", help="simplify polygon outlines (TOL in px)"
+    )
+    group.add_argument(
+        "--min-area", type=float, default=0.0, metavar="PX", help="leave out polygons of fewer pixels"
+    )
+    group.add_argument("--cog", action="store_true", help="write the GeoTIFFs as Cloud-Optimized GeoTIFFs")
 
 
 def find_images(patterns: List[str]) -> List[str]:
@@ -584,6 +617,188 @@ def bound_malloc_cache(threshold: int = 4 << 20) -> bool:
         return False
 
 
+# The semantic task: class maps -------------------------------------------------------------------------
+
+# Options that only make sense for class maps (a usage error with --task instance), and their defaults.
+SEMANTIC_OPTIONS = {
+    "min_confidence": 0.0,
+    "confidence": False,
+    "vectorize": False,
+    "simplify": 0.0,
+    "min_area": 0.0,
+    "cog": False,
+}
+
+
+def choose_task(args: argparse.Namespace, cfg) -> None:
+    """Set ``args.task`` (given, or from the config's task keys) and check the class-map options.
+
+    The semantic task turns SEMANTIC_ON on and INSTANCE_ON off in ``cfg`` (not frozen yet).
+    """
+    test = cfg.MODEL.MASK_FORMER.TEST
+    if args.task is None:
+        args.task = "semantic" if test.SEMANTIC_ON and not test.INSTANCE_ON else "instance"
+    if args.task == "instance":
+        given = [
+            "--" + name.replace("_", "-")
+            for name, default in SEMANTIC_OPTIONS.items()
+            if getattr(args, name) != default
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options of class maps, which need --task semantic")
+        return
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ValueError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    for name in ("simplify", "min_area"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.cog:
+        with rasterio.Env() as env:
+            if "COG" not in env.drivers():
+                raise ValueError("--cog: this GDAL has no COG driver (GDAL >= 3.1 has it)")
+    test.SEMANTIC_ON, test.INSTANCE_ON = True, False
+
+
+def check_semantic_output(args: argparse.Namespace) -> None:
+    """The class maps' folder can be made under --output (before the model loads)."""
+    path = os.path.join(args.output, "classmaps")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is an existing file; the class maps are written in a folder there")
+
+
+def tile_overlap(args: argparse.Namespace, cfg) -> int:
+    """The overlap of the tiles in px (--tile-overlap, default a quarter of the tile side)."""
+    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
+    return tile_size // 4 if args.tile_overlap is None else args.tile_overlap
+
+
+def class_map_sink(reader, image_id: str, args, cfg, class_names, *, canvas=None) -> ClassMapSink:
+    """What is done with the tiles of one scene for a class map (GeoTIFF outputs for a (Geo)TIFF)."""
+    geotiff = isinstance(reader, GeoTiffReader)
+    vectorize = {"simplify": args.simplify, "min_area": args.min_area} if args.vectorize else None
+    return ClassMapSink(
+        args.output,
+        output_stem(image_id),
+        image_id=image_id,
+        height=reader.height,
+        width=reader.width,
+        class_names=class_names,
+        overlap=tile_overlap(args, cfg),
+        reader=reader,
+        transform=reader.transform if geotiff else None,
+        crs=reader.crs if geotiff else None,
+        geotiff=geotiff,
+        min_confidence=args.min_confidence,
+        confidence=args.confidence,
+        cog=args.cog,
+        vectorize=vectorize,
+        canvas=canvas,
+    )
+
+
+def process_semantic(predictor, reader, path: str, image_id: str, args, cfg, key: dict):
+    """The class map of one opened scene; its engine (None on ranks other than 0 when rows are sharded)."""
+    start = time.perf_counter()
+    windows, tiled = scene_windows(reader, args, cfg)
+    key = {
+        "scene": file_digest(path),
+        "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
+        **key,
+    }
+    stem, names = output_stem(image_id), predictor.class_names
+    rank, world = comm.get_rank(), comm.get_world_size()
+    if args.shard == "rows" and world > 1:
+        error = None
+        if not SceneEngine.is_done(args.output, stem, key):
+            try:
+                sink = class_map_sink(reader, image_id, args, cfg, names)  # only tile() and encode()
+                tiles = rank_tiles(windows, rank, world)
+                part = part_path(args.output, stem, rank, world)
+                progress = tiled and rank == 0
+                predict_tile_part(
+                    predictor.semantic, reader, windows, tiles, part, key, sink=sink, progress=progress
+                )
+            except OSError as failure:
+                error = f"rank {rank}: {failure}"
+        errors = [e for e in comm.all_gather(error) if e is not None]
+        if errors:
+            raise OSError(f"{path}: " + "; ".join(errors))
+        if rank != 0:
+            return None
+    canvas = None if args.no_vis else (lambda: preview(reader, args.vis_max_size))
+    engine = SceneEngine(
+        args.output,
+        stem,
+        sink=class_map_sink(reader, image_id, args, cfg, names, canvas=canvas),
+        image_id=image_id,
+        height=reader.height,
+        width=reader.width,
+        windows=windows,
+        key=key,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if args.shard == "rows" and world > 1:
+        parts = [part_path(args.output, stem, k, world) for k in range(world)]
+        stream_from_parts(engine, parts)
+        for part in parts:
+            if os.path.exists(part):
+                os.remove(part)
+    else:
+        predict_tiles(predictor.semantic, reader, engine, progress=tiled and rank == 0)
+    message = "%s: %d x %d px class map in %.1f s"
+    values = [image_id, reader.width, reader.height, time.perf_counter() - start]
+    if tiled:
+        message += " (tiled: %d tiles); peak resident memory %.0f MiB"
+        values += [len(windows), peak_rss_mib()]
+    logger.info(message, *values)
+    return engine
+
+
+def run_semantic(predictor, cfg, args: argparse.Namespace, paths: List[str]) -> int:
+    """Class maps of every input (see docs/PREDICT.md); 0, or 1 when some images could not be processed."""
+    class_names = predictor.class_names
+    logger.info("%d image(s); class maps of %d classes: %s", len(paths), len(class_names), class_names)
+    weights = cfg.MODEL.WEIGHTS
+    model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
+    key = run_key(args, cfg, model_digest, class_names)
+    key["settings"] = {
+        "task": "semantic",
+        "bands": args.bands,
+        "scaling": args.scaling,
+        "overlay": None if args.no_vis else args.vis_max_size,
+        **{name: getattr(args, name) for name in SEMANTIC_OPTIONS},
+    }
+    rank, world = comm.get_rank(), comm.get_world_size()
+    items = list(zip(paths, image_ids(paths)))
+    if args.shard == "scenes" and world > 1:
+        items = items[rank::world]
+    failed = []
+    for path, image_id in tqdm(items, desc="images", unit="image", disable=rank != 0):
+        try:
+            reader = open_scene(path, args)
+        except (OSError, ValueError) as error:
+            logger.error("%s", error)
+            failed.append(path)
+            continue
+        try:
+            process_semantic(predictor, reader, path, image_id, args, cfg, key)
+        except (OSError, ValueError) as error:
+            logger.error("%s", error)
+            failed.append(path)
+        finally:
+            if isinstance(reader, GeoTiffReader):
+                reader.close()
+    if world > 1:
+        failed = [p for part in comm.all_gather(failed) for p in part]
+    comm.synchronize()
+    if failed:
+        logger.error("%d image(s) could not be processed: %s", len(failed), failed)
+        return 1
+    logger.info("Class maps written to %s", os.path.join(args.output, "classmaps"))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; 0 on success, 1 when some images could not be read, 2 on a usage error."""
     args = parse_args(argv)
@@ -596,6 +811,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = get_score_cfg()
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
+        choose_task(args, cfg)
         cfg.freeze()
         check_weights(args, cfg)
         cfg = adapt_cfg_to_device(cfg)
@@ -603,6 +819,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         vocabulary = parse_vocabulary(args.vocab, args.vocab_file) if given else None
         paths = find_images(args.input)
         check_output(args)
+        if args.task == "semantic":
+            check_semantic_output(args)
         init_distributed(args, len(paths))
         predictor = SCOREPredictor(cfg)
     except (ValueError, OSError) as error:
@@ -613,6 +831,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         logger.info("No --vocab or --vocab-file: using the config's test vocabulary")
     class_names = predictor.class_names
+    if args.task == "semantic":
+        return run_semantic(predictor, cfg, args, paths)
     logger.info(
         "%d image(s); vocabulary of %d classes: %s; peak resident memory after loading the model %.0f MiB",
         len(paths),
