@@ -121,6 +121,21 @@ def build_lsj_augmentations(
     return augmentations
 
 
+def lsj_mapper_arguments(cfg: CfgNode) -> dict[str, Any]:
+    """The arguments the instance and semantic training mappers share: the large-scale jitter
+    of INPUT.IMAGE_SIZE / MIN_SCALE / MAX_SCALE / RANDOM_FLIP, the image format and the stretch."""
+    return {
+        "augmentations": build_lsj_augmentations(
+            image_size=cfg.INPUT.IMAGE_SIZE,
+            min_scale=cfg.INPUT.MIN_SCALE,
+            max_scale=cfg.INPUT.MAX_SCALE,
+            random_flip=cfg.INPUT.RANDOM_FLIP,
+        ),
+        "image_format": cfg.INPUT.FORMAT,
+        "high_bit_scaling": cfg.INPUT.HIGH_BIT_DEPTH_SCALING,
+    }
+
+
 @register_train_mapper("score_instance_lsj")
 class SCOREInstanceLSJMapper:
     """Training mapper with large-scale jitter for instance segmentation.
@@ -150,16 +165,7 @@ class SCOREInstanceLSJMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
-        return {
-            "augmentations": build_lsj_augmentations(
-                image_size=cfg.INPUT.IMAGE_SIZE,
-                min_scale=cfg.INPUT.MIN_SCALE,
-                max_scale=cfg.INPUT.MAX_SCALE,
-                random_flip=cfg.INPUT.RANDOM_FLIP,
-            ),
-            "image_format": cfg.INPUT.FORMAT,
-            "high_bit_scaling": cfg.INPUT.HIGH_BIT_DEPTH_SCALING,
-        }
+        return lsj_mapper_arguments(cfg)
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused every epoch
@@ -244,17 +250,7 @@ class SCORESemanticLSJMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
-        return {
-            "augmentations": build_lsj_augmentations(
-                image_size=cfg.INPUT.IMAGE_SIZE,
-                min_scale=cfg.INPUT.MIN_SCALE,
-                max_scale=cfg.INPUT.MAX_SCALE,
-                random_flip=cfg.INPUT.RANDOM_FLIP,
-            ),
-            "image_format": cfg.INPUT.FORMAT,
-            "label_encoding": train_label_encoding(list(cfg.DATASETS.TRAIN)),
-            "high_bit_scaling": cfg.INPUT.HIGH_BIT_DEPTH_SCALING,
-        }
+        return {**lsj_mapper_arguments(cfg), "label_encoding": train_label_encoding(list(cfg.DATASETS.TRAIN))}
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)

@@ -10,17 +10,10 @@ import rasterio
 from PIL import Image
 
 from tests.conftest import REPO, TINY_CONFIG
-from tests.inference import test_predict_tool
 from tests.inference.test_predict_tool import FAST_OPTS, load_tool
 
 SEMANTIC_CONFIG = REPO / "configs" / "tiny" / "score_tiny_landdiscover_semantic.yaml"
-messages = test_predict_tool.messages  # the fixture collecting the tool's log messages
 VOCAB = ["--vocab", "water,tree,building"]
-
-
-@pytest.fixture(scope="module")
-def predict_tool():
-    return load_tool("predict")
 
 
 @pytest.fixture(scope="module")

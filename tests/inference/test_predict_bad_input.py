@@ -2,11 +2,9 @@
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
 import json
-import logging
 import os
 
 import numpy as np
-import pytest
 import rasterio
 import torch
 from detectron2.structures import Instances
@@ -17,37 +15,10 @@ from rasterio.transform import from_origin
 from score.data.image_io import stretch
 from score.predict.geotiff import GeoTiffReader
 from score.predict.instances import clip_to_valid
-from tests.conftest import TINY_CONFIG, load_script
+from tests.conftest import TINY_CONFIG
 
 # Small test size: every forward of the tiny model stays short.
 FAST_OPTS = ["--opts", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"]
-
-
-@pytest.fixture(scope="module")
-def predict_tool():
-    return load_script("tools/predict.py")
-
-
-@pytest.fixture
-def messages():
-    """Records of the tool's logger (detectron2's setup_logger stops propagation, so caplog may miss them)."""
-
-    class Collect(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record.getMessage())
-
-    handler = Collect()
-    tool_logger = logging.getLogger("score.predict")
-    tool_logger.addHandler(handler)
-    old_level = tool_logger.level
-    tool_logger.setLevel(logging.INFO)
-    yield handler.records
-    tool_logger.removeHandler(handler)
-    tool_logger.setLevel(old_level)
 
 
 def write_tiff(path, data, **profile):

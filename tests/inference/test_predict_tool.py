@@ -23,33 +23,6 @@ def load_tool(name: str):
 
 
 @pytest.fixture(scope="module")
-def predict_tool():
-    return load_tool("predict")
-
-
-@pytest.fixture
-def messages():
-    """Records of the tool's logger (detectron2's setup_logger stops propagation, so caplog may miss them)."""
-
-    class Collect(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record.getMessage())
-
-    handler = Collect()
-    tool_logger = logging.getLogger("score.predict")
-    tool_logger.addHandler(handler)
-    old_level = tool_logger.level
-    tool_logger.setLevel(logging.INFO)
-    yield handler.records
-    tool_logger.removeHandler(handler)
-    tool_logger.setLevel(old_level)
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
