@@ -4,7 +4,9 @@ Every file that SCORE rewrites in place (checkpoints, ``last_checkpoint``,
 cached text classifiers and dataset checks, scene manifests, joined
 prediction files) goes through :func:`atomic_write`: the content is written
 to a hidden temporary file in the same folder, flushed to disk, then renamed
-over the target (``os.replace`` is atomic within one file system).
+over the target (``os.replace`` is atomic within one file system). Files that
+another library writes by name (GDAL's GeoTIFF, COG and PNG writers) use
+:func:`atomic_path`, the same steps with a temporary path instead of a file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import tempfile
 from typing import IO, Iterator, Optional
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_path", "atomic_write"]
 
 
 def _umask() -> int:
@@ -28,6 +30,30 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside ``path`` to write to by name; on success it replaces ``path``.
+
+    Args:
+        path: the file to write; its folder is created when missing.
+        suffix: ending of the temporary name, for writers that choose a format by it (e.g. ".tif").
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = None) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
 
@@ -36,22 +62,13 @@ def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = None) 
         mode: ``"w"`` (text, UTF-8 unless ``encoding`` says otherwise) or ``"wb"``.
         encoding: text encoding for ``"w"``.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    The content is flushed to disk before the rename. On an exception the
+    temporary file is removed and ``path`` is left as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes with mode 'w' or 'wb', not {mode!r}")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        text_encoding = None if mode == "wb" else (encoding or "utf-8")
-        with os.fdopen(fd, mode, encoding=text_encoding) as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if mode == "wb" else (encoding or "utf-8")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise

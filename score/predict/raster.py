@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
-from ..fileio import atomic_write
+from ..fileio import atomic_path, atomic_write
 from ..vocabulary import display_name, normalize_class_name
 from .geojson import crs_member, write_feature_collection
 
@@ -132,8 +132,11 @@ def write_class_geotiff(
     }
     if transform is not None:
         profile["transform"] = transform
-    partial = path + ".part"
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(partial, "w", **profile) as dst:
+    with (
+        atomic_path(path, ".tif") as partial,
+        rasterio.Env(GDAL_PAM_ENABLED="NO"),
+        rasterio.open(partial, "w", **profile) as dst,
+    ):
         for top in range(0, height, BLOCK):
             bottom = min(top + BLOCK, height)
             dst.write(np.asarray(rows[top:bottom]), 1, window=Window(0, top, width, bottom - top))
@@ -150,15 +153,12 @@ def write_class_geotiff(
                 dst.write_colormap(1, table)
         else:
             dst.set_band_description(1, "score of the winning class")
-    os.replace(partial, path)
 
 
 def gdal_copy(source: str, path: str, driver: str, **options) -> None:
     """A GDAL CreateCopy of ``source`` (the COG or PNG driver), through a temporary name beside ``path``."""
-    partial = path + ".part"
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+    with atomic_path(path, os.path.splitext(path)[1]) as partial, rasterio.Env(GDAL_PAM_ENABLED="NO"):
         rasterio.shutil.copy(source, partial, driver=driver, **options)
-    os.replace(partial, path)
 
 
 def read_reduced(path: str, height: int, width: int) -> np.ndarray:
