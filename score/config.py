@@ -23,25 +23,23 @@ DEPRECATED_KEYS = (
     "INPUT.SIZE_DIVISIBILITY",
     "MODEL.MASK_FORMER.ENC_LAYERS",
     "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE",
-    # The node (for a yaml that sets it) and its six keys (for the command line).
-    "MODEL.MASK_FORMER.TEST",
-    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON",
-    "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+    # Panoptic inference is not implemented; its keys in MASK_FORMER.TEST are ignored.
     "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
     "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD",
     "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
-    "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE",
 )
 
 
 def add_maskformer2_config(cfg: CN) -> None:
     """The Mask2Former keys SCORE reads (as in its ``add_maskformer2_config``), with its defaults.
 
-    Mask2Former's keys for semantic and panoptic segmentation (``INPUT.COLOR_AUG_SSD``,
-    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``, ``INPUT.SIZE_DIVISIBILITY``,
-    ``MASK_FORMER.TEST.*``) and the ones its multi-scale decoder ignores
-    (``MASK_FORMER.ENC_LAYERS``, ``MASK_FORMER.TRANSFORMER_IN_FEATURE``) are left
-    out: SCORE does instance segmentation with the multi-scale decoder only. They
+    Mask2Former's keys for its semantic augmentation and for panoptic inference
+    (``INPUT.COLOR_AUG_SSD``, ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``,
+    ``INPUT.SIZE_DIVISIBILITY``, ``MASK_FORMER.TEST.PANOPTIC_ON``,
+    ``OBJECT_MASK_THRESHOLD``, ``OVERLAP_THRESHOLD``) and the ones its multi-scale
+    decoder ignores (``MASK_FORMER.ENC_LAYERS``, ``MASK_FORMER.TRANSFORMER_IN_FEATURE``)
+    are left out: SCORE does instance and semantic segmentation (with the
+    instance recipe's large-scale jitter) and the multi-scale decoder only. They
     are registered as deprecated (``DEPRECATED_KEYS``), so that a yaml that sets
     them (a config.yaml that detectron2 dumped before they were removed) still
     loads, with a warning that names each ignored key. The names of
@@ -88,6 +86,16 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference tasks, with Mask2Former's meaning; at least one must be on (checked at
+    # model build). SCORE's defaults are instance only: a semantic yaml turns SEMANTIC_ON
+    # on (configs/score_landdiscover_semantic.yaml).
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True
+    # Semantic inference at the original image size (mask logits resized first) instead
+    # of at the padded input size with the class map resized afterwards; as in
+    # Mask2Former, INSTANCE_ON implies it.
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     # Pixel decoder.
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

@@ -6,7 +6,8 @@ classifier (semantic branch); the frozen remote-sensing CLIP gives global and
 dense scene context (context branch). RAI, inside the head's prediction step,
 mixes the dense context into the class embeddings; GCA shifts the text
 classifier by the global context. At test time an out-of-vocabulary CLIP
-score is ensembled with the head's own (7.3) before instance inference (7.4).
+score is ensembled with the head's own (7.3) before instance inference (7.4)
+and / or semantic inference (7.5).
 
 Shorthand: B batch, Q queries, K classes of the current vocabulary, N text
 rows (synonyms of the K classes), D joint embedding width, H x W padded size.
@@ -34,7 +35,7 @@ from .modeling.head import SCOREHead
 from .modeling.inference_compile import check_compile_names
 from .modeling.matcher import HungarianMatcher
 from .modeling.open_vocab import classification_logits, geometric_ensemble, mask_pool
-from .modeling.postprocessing import instance_inference
+from .modeling.postprocessing import instance_inference, semantic_inference
 from .modeling.text_classifier import TextClassifierBank, classifier_cache_key
 from .profiling import profiled
 from .vocabulary import dataset_classes, seen_flags, train_vocabulary
@@ -49,7 +50,7 @@ _FROZEN_TOWERS_AUTOCAST = ("none", "bf16")
 
 @META_ARCH_REGISTRY.register()
 class SCORE(nn.Module):
-    """Open-vocabulary instance segmentation with scene context (RAI and GCA)."""
+    """Open-vocabulary instance and semantic segmentation with scene context (RAI and GCA)."""
 
     @configurable
     def __init__(
@@ -74,6 +75,9 @@ class SCORE(nn.Module):
         ensemble_on_valid_mask: bool,
         out_vocab_source: str,
         frozen_towers_autocast: str = "none",
+        semantic_on: bool = False,
+        instance_on: bool = True,
+        sem_seg_postprocess_before_inference: bool = False,
     ):
         """
         Args:
@@ -97,8 +101,21 @@ class SCORE(nn.Module):
             out_vocab_source: "clip" or "rsclip" (paper Table 6).
             frozen_towers_autocast: "none", or "bf16": bfloat16 autocast of the frozen
                 ConvNeXt image tower on the model's device (CUDA or CPU), outputs cast to float32.
+            semantic_on: output "sem_seg" (K, H, W) per image (MASK_FORMER.TEST.SEMANTIC_ON).
+            instance_on: output "instances" per image (MASK_FORMER.TEST.INSTANCE_ON).
+            sem_seg_postprocess_before_inference: semantic inference at the original size
+                (MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE; implied by
+                ``instance_on``, as in Mask2Former).
         """
         super().__init__()
+        if not (semantic_on or instance_on):
+            raise ValueError(
+                "MODEL.MASK_FORMER.TEST.SEMANTIC_ON and MODEL.MASK_FORMER.TEST.INSTANCE_ON are both False: "
+                "turn at least one inference task on"
+            )
+        self.semantic_on = semantic_on
+        self.instance_on = instance_on
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference or instance_on
         if out_vocab_source not in _OUT_VOCAB_SOURCES:
             raise ValueError(
                 f"MODEL.SCORE.OUT_VOCAB_SOURCE must be one of {_OUT_VOCAB_SOURCES}, not {out_vocab_source!r}"
@@ -224,6 +241,9 @@ class SCORE(nn.Module):
             "ensemble_on_valid_mask": score_cfg.ENSEMBLE_ON_VALID_MASK,
             "out_vocab_source": score_cfg.OUT_VOCAB_SOURCE,
             "frozen_towers_autocast": score_cfg.FROZEN_TOWERS_AUTOCAST,
+            "semantic_on": mf.TEST.SEMANTIC_ON,
+            "instance_on": mf.TEST.INSTANCE_ON,
+            "sem_seg_postprocess_before_inference": mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
         }
 
     @property
@@ -263,7 +283,11 @@ class SCORE(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[dict]):
-        """detectron2 batched inputs -> losses (training) or ``[{"instances": Instances}]``."""
+        """detectron2 batched inputs -> losses (training) or per image ``{"instances", "sem_seg"}``.
+
+        Inference gives "instances" (``Instances``) when ``instance_on`` and "sem_seg"
+        (K, H, W) class scores when ``semantic_on``.
+        """
         images = self.preprocess_image(batched_inputs)
         features = self.image_features(images.tensor)
         context = self.encode_context(images.tensor)
@@ -393,7 +417,7 @@ class SCORE(nn.Module):
         images: ImageList,
         batched_inputs: List[dict],
     ) -> List[dict]:
-        """Open-vocabulary ensemble (SCORE.md 7.3), then instance inference (7.4) per image."""
+        """Open-vocabulary ensemble (SCORE.md 7.3), then instance (7.4) and / or semantic (7.5) inference."""
         mask_logits = outputs["pred_masks"]
         out_logits, valid = self.out_vocab_logits(features, context, mask_logits)
         class_logits = geometric_ensemble(
@@ -408,15 +432,26 @@ class SCORE(nn.Module):
         results = []
         for i, (inputs, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
-            instances = instance_inference(
-                class_logits[i],
-                mask_logits[i],
-                padded_size=padded_size,
-                image_size=image_size,
-                output_size=output_size,
-                max_detections=self.max_detections,
-            )
-            results.append({"instances": instances})
+            result = {}
+            if self.semantic_on:
+                result["sem_seg"] = semantic_inference(
+                    class_logits[i],
+                    mask_logits[i],
+                    padded_size=padded_size,
+                    image_size=image_size,
+                    output_size=output_size,
+                    postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+                )
+            if self.instance_on:
+                result["instances"] = instance_inference(
+                    class_logits[i],
+                    mask_logits[i],
+                    padded_size=padded_size,
+                    image_size=image_size,
+                    output_size=output_size,
+                    max_detections=self.max_detections,
+                )
+            results.append(result)
         return results
 
 

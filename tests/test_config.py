@@ -54,18 +54,53 @@ def test_mask2former_keys_that_score_never_reads_are_absent_and_ignored_with_a_w
     # A config.yaml that detectron2 dumped with them still loads; each key is named in a warning.
     old = tmp_path / "dumped.yaml"
     old.write_text(
-        "MODEL:\n  MASK_FORMER:\n    ENC_LAYERS: 0\n    TEST:\n      SEMANTIC_ON: False\n"
+        "MODEL:\n  MASK_FORMER:\n    ENC_LAYERS: 0\n    TEST:\n      PANOPTIC_ON: False\n"
         "INPUT:\n  SIZE_DIVISIBILITY: -1\n"
     )
     with caplog.at_level("WARNING"):
         cfg.clone().merge_from_file(str(old))
     for key in (
         "MODEL.MASK_FORMER.ENC_LAYERS",
-        "MODEL.MASK_FORMER.TEST",
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
         "INPUT.SIZE_DIVISIBILITY",
     ):
         assert f"Deprecated config key (ignoring): {key}\n" in caplog.text
-    cfg.clone().merge_from_list(["MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False"])
+    cfg.clone().merge_from_list(["MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.8"])
+
+
+def test_semantic_and_instance_keys_are_real_and_an_old_config_with_them_round_trips(tmp_path, caplog):
+    cfg = get_score_cfg()
+    test = cfg.MODEL.MASK_FORMER.TEST
+    assert (test.SEMANTIC_ON, test.INSTANCE_ON, test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE) == (
+        False,
+        True,
+        False,
+    )
+    # A config dumped with Mask2Former's TEST node (panoptic keys included) loads and keeps its values.
+    old = tmp_path / "dumped.yaml"
+    old.write_text(
+        "MODEL:\n  MASK_FORMER:\n    TEST:\n      SEMANTIC_ON: True\n      INSTANCE_ON: False\n"
+        "      PANOPTIC_ON: True\n      OBJECT_MASK_THRESHOLD: 0.8\n"
+        "      SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE: True\n"
+    )
+    loaded = cfg.clone()
+    with caplog.at_level("WARNING"):
+        loaded.merge_from_file(str(old))
+    assert "Deprecated config key (ignoring): MODEL.MASK_FORMER.TEST.PANOPTIC_ON" in caplog.text
+    assert "SEMANTIC_ON" not in caplog.text
+    test = loaded.MODEL.MASK_FORMER.TEST
+    assert (test.SEMANTIC_ON, test.INSTANCE_ON, test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE) == (
+        True,
+        False,
+        True,
+    )
+    again = cfg.clone()
+    dumped = tmp_path / "again.yaml"
+    dumped.write_text(loaded.dump())
+    again.merge_from_file(str(dumped))
+    assert again.MODEL.MASK_FORMER.TEST == loaded.MODEL.MASK_FORMER.TEST
+    loaded.merge_from_list(["MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True"])
+    assert loaded.MODEL.MASK_FORMER.TEST.INSTANCE_ON is True
 
 
 def test_mask2former_defaults_stay_in_code_and_score_names_its_parts_in_the_base_yaml():

@@ -1,4 +1,8 @@
-"""The seven SCORE splits (DATASETS.md), registered in detectron2's catalogs.
+"""The SCORE splits (DATASETS.md), registered in detectron2's catalogs.
+
+Instance splits (COCO JSON) are in ``SPLITS``; the semantic-segmentation
+splits of the paper's appendix A.2 (label PNGs) are in ``SEM_SEG_SPLITS``,
+described at that table.
 
 One table (``SPLITS``) lists every split: its registered name, the image folder
 and COCO instance JSON relative to the dataset root, its class names in
@@ -32,11 +36,23 @@ from typing import Callable, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from PIL import Image
 
 from ..vocabulary import canonical_class_name
+from .labels import LabelEncoding
 
 __all__ = [
     "FAST_CLASSES",
+    "FAST_SEM_CLASSES",
+    "FLAIR_CLASSES",
+    "FLOODNET_CLASSES",
+    "LANDDISCOVER_CLASSES",
+    "POTSDAM_CLASSES",
+    "SEM_SEG_ENSEMBLE_EXPONENTS",
+    "SEM_SEG_SPLITS",
+    "SemSegSplitSpec",
+    "load_sem_seg_records",
+    "register_sem_seg_dataset",
     "ISAID_CLASSES",
     "NWPU_CLASSES",
     "SIOR_CLASSES",
@@ -48,6 +64,7 @@ __all__ = [
     "ensemble_exponents",
     "load_instance_json",
     "register_all",
+    "register_all_sem_seg",
     "register_instance_dataset",
 ]
 
@@ -312,4 +329,219 @@ def ensemble_exponents(train_dataset: str, test_dataset: str) -> tuple[float, fl
     return float(alpha), float(beta)
 
 
+# ---------------------------------------------------------------------------------------------
+# Semantic segmentation (paper appendix A.2, Table A; DATASETS.md "Semantic segmentation
+# benchmark"). Class names in label-value order, spelled as GSNet registers them. Target
+# names that differ from a training name only in number carry it as a synonym
+# ("building,buildings"), so that the seen flags and the text classifier read them as one.
+LANDDISCOVER_CLASSES = (
+    "background", "bare land", "grass", "pavement", "road", "tree", "water", "agriculture land",
+    "buildings", "forest land", "barren land", "urban land", "large-vehicle", "swimming-pool",
+    "helicopter", "bridge", "plane", "ship", "soccer-ball-field", "basketball-court",
+    "ground-track-field", "small-vehicle", "baseball-diamond", "tennis-court", "roundabout",
+    "storage-tank", "harbor", "container-crane", "airport", "helipad", "chimney",
+    "expressway service area", "expresswalltoll station", "dam", "golf field", "overpass",
+    "stadium", "train station", "vehicle", "windmill",
+)  # fmt: skip
+FLAIR_CLASSES = (
+    "building,buildings", "pervious surface", "impervious surface", "bare soil", "water", "coniferous",
+    "deciduous", "brushwood", "vineyard", "herbaceous vegetation", "agricultural land", "plowed land",
+)  # fmt: skip
+FAST_SEM_CLASSES = FAST_CLASSES
+POTSDAM_CLASSES = ("impervious surface", "building,buildings", "low vegetation", "tree", "car")
+FLOODNET_CLASSES = (
+    "Background", "building-flooded", "building-non-flooded", "road-flooded", "road-non-flooded",
+    "water", "tree", "vehicle", "pool", "grass",
+)  # fmt: skip
+
+# Target family -> {training family: (alpha, beta)} of the semantic splits. The paper does not
+# give them: FC-CLIP's defaults (0.4, 0.8), the same for every target (docs/DESIGN.md).
+SEM_SEG_ENSEMBLE_EXPONENTS: dict[str, dict[str, tuple[float, float]]] = {
+    family: {"landdiscover50k": (0.4, 0.8)}
+    for family in ("landdiscover50k", "flair", "fast", "potsdam", "floodnet")
+}
+
+_SEM_SEG_DATA_HINT = (
+    "Get LandDiscover50K and the four test sets from the Hugging Face datasets Stev929/LandDiscover50K and "
+    "Stev929/OVRSISS_test (layout: datasets/README.md) and point DETECTRON2_DATASETS at their root."
+)
+
+
+@dataclass(frozen=True)
+class SemSegSplitSpec:
+    """One row of the semantic split table; folders are relative to the dataset root.
+
+    A label file has the image's stem and ``label_ext``; ``label_values`` are the raw
+    values of ``class_names`` (default 0..K-1); ``ignore_values`` are the raw values
+    never scored nor trained on (255 everywhere, plus the split's own).
+    """
+
+    name: str
+    family: str
+    subset: str  # "train" or "val"
+    image_dir: str
+    label_dir: str
+    image_ext: str
+    label_ext: str
+    class_names: tuple[str, ...]
+    ignore_values: tuple[int, ...] = (255,)
+    label_values: tuple[int, ...] | None = None
+
+    @property
+    def encoding(self) -> LabelEncoding:
+        values = tuple(range(len(self.class_names))) if self.label_values is None else self.label_values
+        return LabelEncoding(values, self.ignore_values)
+
+
+SEM_SEG_SPLITS: tuple[SemSegSplitSpec, ...] = (
+    SemSegSplitSpec("landdiscover50k_train_sem_seg", "landdiscover50k", "train", "LandDiscover50K/TR_Image",
+                    "LandDiscover50K/GT_ID", "png", "png", LANDDISCOVER_CLASSES),
+    SemSegSplitSpec("landdiscover50k_val_sem_seg", "landdiscover50k", "val", "LandDiscover50K/VAL_Image",
+                    "LandDiscover50K/VAL_GT_ID", "png", "png", LANDDISCOVER_CLASSES),
+    SemSegSplitSpec("flair_val_sem_seg", "flair", "val", "FLAIR/test/image", "FLAIR/test/mask",
+                    "png", "png", FLAIR_CLASSES, ignore_values=(12, 255)),
+    SemSegSplitSpec("fast_val_sem_seg", "fast", "val", "FAST/val/images", "FAST/val/semlabels/gray",
+                    "png", "png", FAST_SEM_CLASSES),
+    SemSegSplitSpec("potsdam_val_sem_seg", "potsdam", "val", "PotsdamSplit/img_dir/val",
+                    "PotsdamSplit/ann_dir/val", "png", "png", POTSDAM_CLASSES, ignore_values=(5, 255)),
+    SemSegSplitSpec("floodnet_val_sem_seg", "floodnet", "val", "FloodNet/val+test/img",
+                    "FloodNet/val+test/lbl", "jpg", "png", FLOODNET_CLASSES, ignore_values=(0, 255)),
+)  # fmt: skip
+
+
+def load_sem_seg_records(
+    name: str, image_root: str, label_root: str, image_ext: str, label_ext: str
+) -> list[dict]:
+    """Records of a semantic split: every ``*.image_ext`` of ``image_root`` with the label of the same stem.
+
+    Args:
+        name: dataset name, for messages.
+        image_root, label_root: folders of the images and of the label images.
+        image_ext, label_ext: file extensions without the dot.
+
+    Returns:
+        detectron2 dicts (``file_name``, ``sem_seg_file_name``, ``height``, ``width``,
+        ``image_id`` = the stem), sorted by file name. Only image headers are read; a
+        missing or bad label is the validation's to report (score/data/validation.py).
+    """
+    env = os.environ.get("DETECTRON2_DATASETS")
+    env_text = f"DETECTRON2_DATASETS={env!r}" if env else "DETECTRON2_DATASETS unset, default 'datasets'"
+    for kind, folder in (("image folder", image_root), ("label folder", label_root)):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"Dataset '{name}': {kind} not found: {folder} ({env_text}). {_SEM_SEG_DATA_HINT}"
+            )
+    suffix = "." + image_ext
+    stems = sorted(f[: -len(suffix)] for f in os.listdir(image_root) if f.endswith(suffix))
+    if not stems:
+        raise FileNotFoundError(f"Dataset '{name}': no *{suffix} image in {image_root}")
+    records = []
+    for stem in stems:
+        file_name = os.path.join(image_root, stem + suffix)
+        try:
+            with Image.open(file_name) as img:
+                width, height = img.size
+        except (OSError, ValueError):
+            width = height = None  # reported by the validation, with the reason
+        records.append(
+            {
+                "file_name": file_name,
+                "sem_seg_file_name": os.path.join(label_root, f"{stem}.{label_ext}"),
+                "height": height,
+                "width": width,
+                "image_id": stem,
+            }
+        )
+    return records
+
+
+def _register_sem_seg(
+    name: str,
+    paths: Callable[[], tuple[str, str]],
+    class_names: Sequence[str],
+    encoding: LabelEncoding,
+    image_ext: str,
+    label_ext: str,
+    metadata: dict,
+) -> None:
+    def load() -> list[dict]:
+        image_root, label_root = paths()
+        records = load_sem_seg_records(name, image_root, label_root, image_ext, label_ext)
+        _sync_metadata(name, image_root=image_root, sem_seg_root=label_root)
+        return records
+
+    image_root, label_root = paths()
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        stuff_classes=list(class_names),
+        image_root=image_root,
+        sem_seg_root=label_root,
+        image_ext=image_ext,
+        gt_ext=label_ext,
+        evaluator_type="sem_seg",
+        ignore_label=encoding.ignore_label,
+        label_values=list(encoding.label_values),
+        ignore_values=list(encoding.ignore_values),
+        stuff_dataset_id_to_contiguous_id={v: i for i, v in enumerate(encoding.label_values)},
+        **metadata,
+    )
+
+
+def register_sem_seg_dataset(
+    name: str,
+    image_root: str,
+    label_root: str,
+    class_names: Sequence[str],
+    *,
+    image_ext: str = "png",
+    label_ext: str = "png",
+    label_values: Sequence[int] | None = None,
+    ignore_values: Sequence[int] = (255,),
+    **metadata,
+) -> None:
+    """Register a semantic split of images and same-stem label images.
+
+    Args:
+        name: name in DatasetCatalog / MetadataCatalog; must not be registered yet.
+        image_root, label_root: folders of the images and the labels.
+        class_names: the vocabulary, in ``label_values`` order; becomes ``stuff_classes``.
+        image_ext, label_ext: file extensions without the dot.
+        label_values: raw label value of each class (default 0..K-1).
+        ignore_values: raw values never scored nor trained on.
+        metadata: extra metadata (e.g. ``dataset_family``, ``ensemble_exponents``).
+    """
+    values = tuple(range(len(class_names))) if label_values is None else tuple(label_values)
+    encoding = LabelEncoding(values, tuple(ignore_values))
+    paths = (os.fspath(image_root), os.fspath(label_root))
+    _register_sem_seg(name, lambda: paths, class_names, encoding, image_ext, label_ext, metadata)
+
+
+def _sem_seg_split_paths(split: SemSegSplitSpec, root: str | None) -> Callable[[], tuple[str, str]]:
+    def paths() -> tuple[str, str]:
+        base = dataset_root() if root is None else root
+        return os.path.join(base, split.image_dir), os.path.join(base, split.label_dir)
+
+    return paths
+
+
+def register_all_sem_seg(root: str | None = None) -> None:
+    """(Re-)register the splits of ``SEM_SEG_SPLITS``; ``root`` as in ``register_all``."""
+    for split in SEM_SEG_SPLITS:
+        DatasetCatalog.pop(split.name, None)
+        MetadataCatalog.pop(split.name, None)
+        _register_sem_seg(
+            split.name,
+            _sem_seg_split_paths(split, None if root is None else os.fspath(root)),
+            split.class_names,
+            split.encoding,
+            split.image_ext,
+            split.label_ext,
+            {
+                "dataset_family": split.family,
+                "ensemble_exponents": dict(SEM_SEG_ENSEMBLE_EXPONENTS.get(split.family, {})),
+            },
+        )
+
+
 register_all()
+register_all_sem_seg()

@@ -15,6 +15,12 @@ with more than 8 bits per channel is stretched to 8 bit as GeoTIFF input is
 (``score.predict.geo.read_image_uint8``, INPUT.HIGH_BIT_DEPTH_SCALING) instead of
 being saturated by PIL.
 
+Semantic training ("mask_former_semantic", Mask2Former's name for its semantic
+mapper) uses the same large-scale jitter; the label image is read raw (never
+through the 8-bit stretch), mapped to contiguous ids by the split's
+``LabelEncoding``, and becomes one binary mask per class present, as in
+Mask2Former's ``MaskFormerSemanticDatasetMapper``.
+
 ``cfg.INPUT.DATASET_MAPPER_NAME`` picks the training mapper by name from
 ``TRAIN_MAPPERS``.
 """
@@ -28,17 +34,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import DatasetMapper
+from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks
+from detectron2.structures import BitMasks, Instances
 
 from ..predict.geo import SCALINGS, read_image_uint8
+from .labels import LabelEncoding, read_label
 from .validation import annotation_problem
 
 __all__ = [
     "TRAIN_MAPPERS",
     "SCOREInstanceLSJMapper",
+    "SCORESemanticLSJMapper",
     "SCORETestMapper",
     "build_test_mapper",
     "build_train_mapper",
@@ -184,6 +192,100 @@ class SCOREInstanceLSJMapper:
             # No annotation left (only crowds, or none): the model still reads gt_masks.
             instances.gt_masks = BitMasks(torch.zeros((0, *image_shape), dtype=torch.bool))
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict
+
+
+def train_label_encoding(dataset_names: list[str] | tuple[str, ...]) -> LabelEncoding:
+    """The label encoding shared by the semantic training splits; splits that differ are an error."""
+    if not dataset_names:
+        raise ValueError("DATASETS.TRAIN is empty: the semantic mapper needs the label encoding of a split")
+    encodings = {name: LabelEncoding.from_metadata(MetadataCatalog.get(name)) for name in dataset_names}
+    first = encodings[dataset_names[0]]
+    differing = {name: e for name, e in encodings.items() if e != first}
+    if differing:
+        raise ValueError(
+            f"The semantic training splits encode their labels differently ({dataset_names[0]}: {first}; "
+            f"{differing}); train on splits with one class list and one set of ignore values"
+        )
+    return first
+
+
+@register_train_mapper("mask_former_semantic")
+class SCORESemanticLSJMapper:
+    """Training mapper with large-scale jitter for semantic segmentation.
+
+    Output dict: the input's fields, plus "image" (3, S, S) uint8 tensor, "sem_seg"
+    (S, S) int64 contiguous ids with ``ignore_label`` where ignored or padded, and
+    "instances" (``gt_classes`` (N,), ``gt_masks`` ``BitMasks`` (N, S, S)): one mask per
+    class present after the augmentation, the ignore label excluded.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        augmentations: list[T.Augmentation],
+        image_format: str,
+        label_encoding: LabelEncoding,
+        high_bit_scaling: str = "percentile",
+    ):
+        """
+        Args:
+            augmentations: applied in order to the image and its label map.
+            image_format: detectron2 image format of the output ("RGB" for CLIP).
+            label_encoding: raw label values of the classes and the ignore values.
+            high_bit_scaling: 8-bit stretch of images (not labels) with more than 8 bits per channel.
+        """
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.label_encoding = label_encoding
+        self.high_bit_scaling = _check_high_bit_scaling(high_bit_scaling)
+        logger.info("[SCORESemanticLSJMapper] augmentations: %s", augmentations)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        return {
+            "augmentations": build_lsj_augmentations(
+                image_size=cfg.INPUT.IMAGE_SIZE,
+                min_scale=cfg.INPUT.MIN_SCALE,
+                max_scale=cfg.INPUT.MAX_SCALE,
+                random_flip=cfg.INPUT.RANDOM_FLIP,
+            ),
+            "image_format": cfg.INPUT.FORMAT,
+            "label_encoding": train_label_encoding(list(cfg.DATASETS.TRAIN)),
+            "high_bit_scaling": cfg.INPUT.HIGH_BIT_DEPTH_SCALING,
+        }
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_or_fail(dataset_dict["file_name"], self.image_format, self.high_bit_scaling)
+        utils.check_image_size(dataset_dict, image)
+        label_file = dataset_dict.pop("sem_seg_file_name")
+        label = self.label_encoding.encode(read_label(label_file), label_file)
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"label {label_file!r} is {label.shape[1]}x{label.shape[0]} (WxH), "
+                f"its image {dataset_dict['file_name']!r} {image.shape[1]}x{image.shape[0]}"
+            )
+        ignore = self.label_encoding.ignore_label
+        source_hw = label.shape
+        aug_input = T.AugInput(image, sem_seg=label)
+        transforms = self.augmentations(aug_input)
+        image, label = aug_input.image, aug_input.sem_seg
+        # The crop pads the label with a value that depends on the detectron2 version (0, a
+        # class, in v0.6): a map of ones through the same transforms marks the real pixels.
+        inside = transforms.apply_segmentation(np.ones(source_hw, np.uint8))
+        label = np.where(inside == 1, label, ignore)
+
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        sem_seg = torch.as_tensor(label.astype(np.int64))
+        dataset_dict["sem_seg"] = sem_seg
+        classes = torch.unique(sem_seg)
+        classes = classes[classes != ignore]
+        instances = Instances(tuple(sem_seg.shape))
+        instances.gt_classes = classes
+        instances.gt_masks = BitMasks(sem_seg[None] == classes[:, None, None])
+        dataset_dict["instances"] = instances
         return dataset_dict
 
 

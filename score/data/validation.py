@@ -13,6 +13,13 @@ DATASETS.DROP_INVALID the bad images and annotations are dropped and counted.
 The problems found are cached per annotation file, keyed by its size and mtime,
 so a second run over an unchanged file reads no image. ``annotation_problem``
 is the one definition of a usable mask; the training mapper uses it too.
+
+Semantic records (with a ``sem_seg_file_name``) are checked by
+``sem_seg_record_problems``: the image as above, and the label image present,
+readable, single-channel, of the image's size and holding only values of the
+split's class list or its ignore values (``LabelEncoding``); these checks read
+the label pixels. Their cache is keyed by the size and mtime of every image and
+label file.
 """
 
 from __future__ import annotations
@@ -27,8 +34,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..fileio import atomic_write
+from .labels import LabelEncoding, read_label
 
-__all__ = ["InvalidDatasetError", "annotation_problem", "image_problem", "validate_dataset"]
+__all__ = [
+    "InvalidDatasetError",
+    "annotation_problem",
+    "image_problem",
+    "sem_seg_record_problems",
+    "validate_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +107,45 @@ def annotation_problem(anno: dict[str, Any], height: Optional[int], width: Optio
     return None
 
 
-def _record_problems(record: dict[str, Any]) -> list[tuple[Optional[int], str]]:
+def sem_seg_record_problems(record: dict[str, Any], encoding: LabelEncoding) -> list[tuple[None, str]]:
+    """Problems of a semantic record: its image, and its label's presence, size and values.
+
+    Returns:
+        [(None, why)] (the whole record is unusable), empty when the record is usable.
+    """
+    h, w = record.get("height"), record.get("width")
+    why = image_problem(record["file_name"], h, w)
+    if why is not None:
+        return [(None, why)]
+    label_file = record["sem_seg_file_name"]
+    if not os.path.isfile(label_file):
+        return [(None, f"label file not found: {label_file}")]
+    try:
+        label = read_label(label_file)
+    except (OSError, ValueError) as e:
+        return [(None, f"label unreadable: {e}")]
+    if h is None or w is None:
+        with Image.open(record["file_name"]) as img:
+            w, h = img.size
+    if label.shape != (h, w):
+        return [(None, f"label {label_file} is {label.shape[1]}x{label.shape[0]} (WxH), the image {w}x{h}")]
+    unknown = encoding.unknown_values(label)
+    if unknown:
+        return [
+            (
+                None,
+                f"label {label_file} has value(s) {unknown} outside the class values "
+                f"{list(encoding.label_values)} and the ignore values {list(encoding.ignore_values)}",
+            )
+        ]
+    return []
+
+
+def _record_problems(
+    record: dict[str, Any], encoding: Optional[LabelEncoding] = None
+) -> list[tuple[Optional[int], str]]:
+    if "sem_seg_file_name" in record and encoding is not None:
+        return sem_seg_record_problems(record, encoding)
     h, w = record.get("height"), record.get("width")
     found = []
     why = image_problem(record["file_name"], h, w)
@@ -104,6 +156,20 @@ def _record_problems(record: dict[str, Any]) -> list[tuple[Optional[int], str]]:
         if why is not None:
             found.append((anno.get("id"), why))
     return found
+
+
+def _files_cache_path(cache_dir: str, dicts: list[dict[str, Any]], encoding: LabelEncoding) -> str:
+    """Cache file of semantic records: keyed by the encoding and every image and label's size and mtime."""
+    digest = hashlib.sha1(repr(encoding).encode("utf-8"))
+    for record in dicts:
+        for key in ("file_name", "sem_seg_file_name"):
+            path = record.get(key)
+            try:
+                st = os.stat(path)
+                digest.update(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except (OSError, TypeError):
+                digest.update(f"{path}|missing\n".encode())
+    return os.path.join(cache_dir, digest.hexdigest() + ".json")
 
 
 def _cache_path(cache_dir: str, json_file: str) -> Optional[str]:
@@ -122,6 +188,7 @@ def validate_dataset(
     json_file: Optional[str] = None,
     drop_invalid: bool = False,
     cache_dir: Optional[str] = None,
+    label_encoding: Optional[LabelEncoding] = None,
 ) -> list[dict[str, Any]]:
     """Check every record of a dataset; stop on bad ones, or drop them.
 
@@ -133,6 +200,8 @@ def validate_dataset(
         drop_invalid: drop bad images and annotations (logging the counts)
             instead of raising.
         cache_dir: folder of the cache; None or "" disables it.
+        label_encoding: the split's label encoding; semantic records (with a
+            ``sem_seg_file_name``) are checked with it (``sem_seg_record_problems``).
 
     Returns:
         The usable records (``dicts`` itself when every record is usable).
@@ -141,6 +210,8 @@ def validate_dataset(
         InvalidDatasetError: listing every bad record, when ``drop_invalid`` is False.
     """
     cache = _cache_path(cache_dir, json_file) if cache_dir and json_file else None
+    if cache_dir and label_encoding is not None and not json_file:
+        cache = _files_cache_path(cache_dir, dicts, label_encoding)
     problems: Optional[dict[str, list]] = None
     if cache is not None and os.path.isfile(cache):
         with open(cache, encoding="utf-8") as f:
@@ -149,7 +220,7 @@ def validate_dataset(
     if problems is None:
         problems = {}
         for record in tqdm(dicts, desc=f"Validating {name}", unit="img", mininterval=1.0):
-            found = _record_problems(record)
+            found = _record_problems(record, label_encoding)
             if found:
                 problems[record["file_name"]] = found
         if cache is not None:

@@ -9,8 +9,9 @@ What differs from detectron2's defaults (SCORE.md 8, Mask2Former's train_net):
 * "full_model" gradient clipping: the norm of all gradients together is
   clipped (detectron2 only clips per parameter);
 * data: the training mapper named by INPUT.DATASET_MAPPER_NAME, detectron2's
-  resize-only mapper for testing, ``InstanceSegEvaluator`` with seen / unseen
-  flags of the test vocabulary against the training one;
+  resize-only mapper for testing, ``InstanceSegEvaluator`` (evaluator_type
+  "coco") or ``SemSegMIoUEvaluator`` ("sem_seg") with seen / unseen flags of
+  the test vocabulary against the training one;
 * ``test`` switches the model's vocabulary to each test dataset's classes;
 * on a machine without CUDA, AMP is turned off and the model runs on the CPU
   (logged once) instead of failing;
@@ -58,11 +59,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from score.checkpoint import SCORECheckpointer
+from score.data.labels import LabelEncoding
 from score.data.mappers import build_test_mapper, build_train_mapper
 from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
-from score.evaluation import InstanceSegEvaluator
-from score.vocabulary import seen_flags, train_vocabulary
+from score.evaluation import InstanceSegEvaluator, SemSegMIoUEvaluator
+from score.vocabulary import dataset_classes, seen_flags, train_vocabulary
 
 __all__ = [
     "NORM_MODULE_TYPES",
@@ -227,7 +229,7 @@ def test_seen_flags(cfg: CfgNode, dataset_name: str) -> Optional[list[bool]]:
     train_names = train_vocabulary(cfg)
     if not train_names:
         return None
-    return list(seen_flags(list(MetadataCatalog.get(dataset_name).thing_classes), train_names))
+    return list(seen_flags(dataset_classes(dataset_name, "DATASETS.TEST"), train_names))
 
 
 def rng_states() -> dict[str, Any]:
@@ -306,7 +308,10 @@ class Trainer(DefaultTrainer):
         # are dropped when DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (the recipe's default).
         dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            dicts = filter_images_with_only_crowd_annotations(dicts)
+            # Semantic records have a label image instead of "annotations": kept as they are.
+            semantic = [r for r in dicts if "sem_seg_file_name" in r]
+            instance = [r for r in dicts if "sem_seg_file_name" not in r]
+            dicts = semantic + (filter_images_with_only_crowd_annotations(instance) if instance else [])
         if not dicts:
             raise ValueError(f"No training image left in {tuple(cfg.DATASETS.TRAIN)}")
         sampler = None
@@ -329,27 +334,36 @@ class Trainer(DefaultTrainer):
     @classmethod
     def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str) -> list[dict]:
         """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID)."""
+        metadata = MetadataCatalog.get(dataset_name)
+        semantic = metadata.get("evaluator_type", None) == "sem_seg"
         return validate_dataset(
             DatasetCatalog.get(dataset_name),
             dataset_name,
-            json_file=MetadataCatalog.get(dataset_name).get("json_file", None),
+            json_file=metadata.get("json_file", None),
             drop_invalid=cfg.DATASETS.DROP_INVALID,
             cache_dir=cfg.DATASETS.VALIDATION_CACHE_DIR,
+            label_encoding=LabelEncoding.from_metadata(metadata) if semantic else None,
         )
 
     @classmethod
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
-        """``InstanceSegEvaluator`` writing to ``OUTPUT_DIR/inference/<dataset_name>``."""
+        """By the split's evaluator_type: ``InstanceSegEvaluator`` ("coco") or ``SemSegMIoUEvaluator``
+        ("sem_seg"), writing to ``OUTPUT_DIR/inference/<dataset_name>``."""
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        output_dir = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if evaluator_type == "sem_seg":
+            return SemSegMIoUEvaluator(
+                dataset_name, output_dir=output_dir, seen_flags=test_seen_flags(cfg, dataset_name)
+            )
         if evaluator_type != "coco":
             raise NotImplementedError(
                 f"No evaluator for dataset {dataset_name!r} of evaluator_type {evaluator_type!r}"
             )
         return InstanceSegEvaluator(
             dataset_name,
-            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            output_dir=output_dir,
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             seen_flags=test_seen_flags(cfg, dataset_name),
             backend=cfg.TEST.COCO_EVAL_BACKEND,
@@ -377,7 +391,7 @@ class Trainer(DefaultTrainer):
         train_names = train_vocabulary(cfg) or None
         results = OrderedDict()
         for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
-            class_names = list(MetadataCatalog.get(dataset_name).thing_classes)
+            class_names = dataset_classes(dataset_name, "DATASETS.TEST")
             logger.info("Evaluating %s with its %d class names", dataset_name, len(class_names))
             _unwrap(model).set_vocabulary(class_names, train_names)
             single = cfg.clone()

@@ -1,4 +1,4 @@
-"""Evaluation of SCORE: COCO instance-segmentation AP with seen / unseen class averages."""
+"""Evaluation of SCORE: COCO instance-segmentation AP and semantic mIoU, with seen / unseen class averages."""
 
 from .instance_evaluation import (  # noqa: F401
     BACKENDS,
@@ -7,3 +7,4 @@ from .instance_evaluation import (  # noqa: F401
     evaluate_coco,
     summarize_precision,
 )
+from .sem_seg_evaluation import SemSegMIoUEvaluator, semseg_metrics  # noqa: F401

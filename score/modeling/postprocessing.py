@@ -1,7 +1,8 @@
-"""Instance inference of SCORE (SCORE.md 7.4): from per-query logits and masks to ``Instances``.
+"""Instance (SCORE.md 7.4) and semantic (7.5) inference of SCORE from per-query logits and masks.
 
 Shorthand: Q queries, K classes, R = number of kept detections, h x w mask
-size of the head (stride 4 of the padded input), H x W original image size.
+size of the head (stride 4 of the padded input), Hp x Wp padded input size,
+H x W original image size.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
 from ..profiling import profiled
 
-__all__ = ["instance_inference", "mask_boxes", "resize_mask_logits"]
+__all__ = ["instance_inference", "mask_boxes", "resize_mask_logits", "semantic_inference"]
 
 # Masks resized and scored together in instance inference (a speed setting, not a result one).
 _MASKS_PER_CHUNK = 8
+# Semantic inference: at most this many mask pixels (queries x pixels) held at once at the
+# padded or original size; a memory bound, not a result setting (64 MB of float32).
+SEMANTIC_CHUNK_ELEMENTS = 1 << 24
 
 
 def _mask_chunks(num_masks: int) -> List[slice]:
@@ -132,3 +137,60 @@ def instance_inference(
     result.scores = top_scores * mask_scores[inverse]
     result.pred_classes = classes
     return result
+
+
+@profiled("score.semantic_inference")
+def semantic_inference(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    *,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    postprocess_before_inference: bool = False,
+    chunk_elements: int = SEMANTIC_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Mask2Former's ``semantic_inference`` and ``sem_seg_postprocess`` for one image, over chunks of queries.
+
+    semseg[c] = sum_q softmax(class_logits)[q, c] * sigmoid(M_q), void dropped after
+    the softmax. The order of Mask2Former is kept: the mask logits are upsampled
+    (bilinear) to the padded input size, then the sigmoid; the (K, Hp, Wp) map is
+    then cropped to the image and resized to the original size. With
+    ``postprocess_before_inference`` the mask logits are cropped and resized to the
+    original size first and the sum is taken there (Mask2Former's
+    SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE). Each chunk of queries is resized and
+    summed on its own, so no more than ``chunk_elements`` mask pixels exist at once
+    besides the (K, ...) sum: the sum is the same as over all queries at once, up to
+    the order of the float additions.
+
+    Args:
+        class_logits: (Q, K + 1) final logits (after the ensemble of 7.3), void last.
+        mask_logits: (Q, h, w) mask logits of the head.
+        padded_size: (Hp, Wp) of the padded batch the head saw.
+        image_size: size of this image inside the padded batch.
+        output_size: (H, W) of the original image.
+        postprocess_before_inference: sum at the original size instead of the padded one.
+        chunk_elements: bound on queries x pixels resized at once.
+
+    Returns:
+        (K, H, W) float class scores (detectron2's "sem_seg").
+    """
+    probs = class_logits.softmax(-1)[:, :-1]
+    num_queries, num_classes = probs.shape
+    target = tuple(output_size) if postprocess_before_inference else tuple(padded_size)
+    semseg = mask_logits.new_zeros((num_classes, target[0] * target[1]))
+    step = max(1, chunk_elements // (target[0] * target[1]))
+    for start in range(0, num_queries, step):
+        chunk = slice(start, start + step)
+        if postprocess_before_inference:
+            masks = resize_mask_logits(mask_logits[chunk], padded_size, image_size, output_size)
+        else:
+            masks = F.interpolate(mask_logits[chunk][None], size=target, mode="bilinear", align_corners=False)
+            masks = masks[0]
+        masks = masks.sigmoid_().flatten(1)  # (q, pixels)
+        # einsum("qc,qhw->chw") of this chunk, added in place.
+        semseg.addmm_(probs[chunk].t().to(masks.dtype), masks)
+    semseg = semseg.view(num_classes, *target)
+    if postprocess_before_inference:
+        return semseg
+    return sem_seg_postprocess(semseg, image_size, *output_size)
