@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from score.data.datasets import FAST_CLASSES, SPLITS
+from score.data.datasets import SEM_SEG_SPLITS, SPLITS, SemSegSplitSpec
 from score.vocabulary import canonical_class_name
 
 from .scenes import (
@@ -57,7 +57,8 @@ __all__ = [
     "cover_for",
     "paint_cover",
     "render_semantic_scene",
-    "SEM_SPLITS",
+    "IGNORED_NAMES",
+    "painted_names",
     "write_semantic_datasets",
     "write_semantic_split",
 ]
@@ -445,162 +446,91 @@ def _place_objects(rng, canvas, label, objects, class_names, covers) -> None:
 # ---------------------------------------------------------------------------
 # Splits.
 
+# Raw values that a split ignores but whose pixels are still painted (FLAIR's "other",
+# Potsdam's "clutter"): the name of what is painted there.
+IGNORED_NAMES: dict[str, dict[int, str]] = {"flair": {12: "other"}, "potsdam": {5: "clutter"}}
 
-@dataclass(frozen=True)
-class SemSplit:
-    """Where the world side writes a semantic split (relative to the dataset root)."""
 
-    name: str
-    image_dir: str
-    label_dir: str
-    image_ext: str
-    label_suffix: str  # label file name = image stem + label_suffix
-    class_names: tuple[str, ...]
-    background: int | None  # raw value where nothing is painted (FAST: 255), None: covers everywhere
+def painted_names(split: SemSegSplitSpec) -> list[str]:
+    """The class names a split's scenes are painted with, by raw label value (ignored values included)."""
+    values = range(len(split.class_names)) if split.label_values is None else split.label_values
+    by_value = dict(zip(values, split.class_names))
+    by_value.update(IGNORED_NAMES.get(split.family, {}))
+    if sorted(by_value) != list(range(len(by_value))):
+        raise ValueError(f"split {split.name}: raw values {sorted(by_value)} are not 0..K-1")
+    return [by_value[v] for v in range(len(by_value))]
 
 
 def write_semantic_split(
-    split: SemSplit, root: str, num_images: int, *, min_size: int = 256, max_size: int = 320, seed: int = 0
+    split: SemSegSplitSpec,
+    root: str,
+    num_images: int,
+    *,
+    min_size: int = 256,
+    max_size: int = 320,
+    seed: int = 0,
 ) -> list[str]:
-    """Write one semantic split under ``root``: images and single-channel 8-bit PNG labels.
+    """Write one semantic split under ``root`` in its registered layout: images and single-channel
+    8-bit PNG labels of the same stem, with the split's raw values.
+
+    A split with land-cover classes is covered everywhere; one without (FAST) is written as
+    its synthetic instance split (the same images) with the objects rasterised on 255.
 
     Returns:
         The image file names written.
     """
     if not 32 <= min_size <= max_size:
         raise ValueError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
+    names = painted_names(split)
+    if not any(cover_for(n) is not None for n in names):
+        return _write_object_labels(split, root, num_images, min_size, max_size, seed)
     rng = np.random.default_rng([seed, zlib.crc32(split.name.encode("utf-8"))])
     image_dir = os.path.join(root, split.image_dir)
     label_dir = os.path.join(root, split.label_dir)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(label_dir, exist_ok=True)
     queue: collections.deque = collections.deque()
-    names = []
+    written = []
     for index in range(1, num_images + 1):
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        scene = render_semantic_scene(
-            rng, height, width, queue, split.class_names, background=split.background
-        )
+        scene = render_semantic_scene(rng, height, width, queue, names)
         stem = f"{index:06d}"
-        image_path = os.path.join(image_dir, stem + split.image_ext)
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if split.image_ext == ".jpg" else []
+        image_path = os.path.join(image_dir, f"{stem}.{split.image_ext}")
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if split.image_ext in ("jpg", "jpeg") else []
         if not cv2.imwrite(image_path, cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR), params):
             raise OSError(f"could not write {image_path}")
-        label_path = os.path.join(label_dir, stem + split.label_suffix)
+        label_path = os.path.join(label_dir, f"{stem}.{split.label_ext}")
         if not cv2.imwrite(label_path, scene.label):
             raise OSError(f"could not write {label_path}")
-        names.append(stem + split.image_ext)
+        written.append(os.path.basename(image_path))
     logger.info("Wrote %s: %d images -> %s", split.name, num_images, image_dir)
-    return names
+    return written
 
 
-# The class lists of the semantic benchmark by raw label value (DATASETS.md "Semantic segmentation
-# benchmark"), ignored values included.
-LANDDISCOVER_CLASSES = (
-    "background",
-    "bare land",
-    "grass",
-    "pavement",
-    "road",
-    "tree",
-    "water",
-    "agriculture land",
-    "buildings",
-    "forest land",
-    "barren land",
-    "urban land",
-    "large vehicle",
-    "swimming pool",
-    "helicopter",
-    "bridge",
-    "plane",
-    "ship",
-    "soccer ball field",
-    "basketball court",
-    "ground track field",
-    "small vehicle",
-    "baseball diamond",
-    "tennis court",
-    "roundabout",
-    "storage tank",
-    "harbor",
-    "container crane",
-    "airport",
-    "helipad",
-    "chimney",
-    "expressway service area",
-    "expresswalltoll station",
-    "dam",
-    "golf field",
-    "overpass",
-    "stadium",
-    "train station",
-    "vehicle",
-    "windmill",
-)
-FLAIR_CLASSES = (
-    "building",
-    "pervious surface",
-    "impervious surface",
-    "bare soil",
-    "water",
-    "coniferous",
-    "deciduous",
-    "brushwood",
-    "vineyard",
-    "herbaceous vegetation",
-    "agricultural land",
-    "plowed land",
-    "other",
-)
-POTSDAM_CLASSES = ("impervious surface", "building", "low vegetation", "tree", "car", "clutter")
-FLOODNET_CLASSES = (
-    "Background",
-    "building-flooded",
-    "building-non-flooded",
-    "road-flooded",
-    "road-non-flooded",
-    "water",
-    "tree",
-    "vehicle",
-    "pool",
-    "grass",
-)
-
-SEM_SPLITS: tuple[SemSplit, ...] = (
-    SemSplit("landdiscover50k_train_sem_seg", "LandDiscover50K/TR_Image", "LandDiscover50K/GT_ID",
-             ".png", ".png", LANDDISCOVER_CLASSES, None),
-    SemSplit("landdiscover50k_val_sem_seg", "LandDiscover50K/VAL_Image", "LandDiscover50K/VAL_GT_ID",
-             ".png", ".png", LANDDISCOVER_CLASSES, None),
-    SemSplit("flair_val_sem_seg", "FLAIR/test/image", "FLAIR/test/mask", ".png", ".png", FLAIR_CLASSES, None),
-    SemSplit("fast_val_sem_seg", "FAST/val/images", "FAST/val/semlabels/gray", ".png", ".png",
-             FAST_CLASSES, 255),
-    SemSplit("potsdam_val_sem_seg", "PotsdamSplit/img_dir/val", "PotsdamSplit/ann_dir/val", ".png", ".png",
-             POTSDAM_CLASSES, None),
-    SemSplit("floodnet_val_sem_seg", "FloodNet/val+test/img", "FloodNet/val+test/lbl", ".jpg", "_lab.png",
-             FLOODNET_CLASSES, None),
-)  # fmt: skip
-
-
-def _write_fast_labels(root: str, num_images: int, min_size: int, max_size: int, seed: int) -> None:
-    """FAST's semantic labels are its instance images' objects: write (or rewrite byte-identically)
-    the synthetic FAST instance split and rasterise its polygons, background 255."""
-    split = next(s for s in SPLITS if s.name == "fast_val_instance")
-    coco = write_split(split, root, num_images, min_size=min_size, max_size=max_size, seed=seed)
-    sem = next(s for s in SEM_SPLITS if s.name == "fast_val_sem_seg")
-    label_dir = os.path.join(root, sem.label_dir)
+def _write_object_labels(
+    split: SemSegSplitSpec, root: str, num_images: int, min_size: int, max_size: int, seed: int
+) -> list[str]:
+    """Labels of an objects-only split (FAST): write (or rewrite byte-identically) the synthetic
+    instance split of the same family and images, and rasterise its polygons on 255."""
+    instance = next(s for s in SPLITS if s.family == split.family and s.image_dir == split.image_dir)
+    if tuple(instance.class_names) != tuple(split.class_names):
+        raise ValueError(f"{split.name} and {instance.name} list different classes")
+    coco = write_split(instance, root, num_images, min_size=min_size, max_size=max_size, seed=seed)
+    label_dir = os.path.join(root, split.label_dir)
     os.makedirs(label_dir, exist_ok=True)
     by_image = collections.defaultdict(list)
     for ann in coco["annotations"]:
         by_image[ann["image_id"]].append(ann)
     for image in coco["images"]:
-        label = np.full((image["height"], image["width"]), sem.background, np.uint8)
+        label = np.full((image["height"], image["width"]), 255, np.uint8)
         for ann in by_image[image["id"]]:
             polygon = np.round(np.asarray(ann["segmentation"][0]).reshape(-1, 2)).astype(np.int32)
             cv2.fillPoly(label, [polygon], ann["category_id"] - 1)
-        path = os.path.join(label_dir, os.path.splitext(image["file_name"])[0] + sem.label_suffix)
+        path = os.path.join(label_dir, f"{os.path.splitext(image['file_name'])[0]}.{split.label_ext}")
         if not cv2.imwrite(path, label):
             raise OSError(f"could not write {path}")
+    logger.info("Wrote %s: labels of %d images of %s", split.name, len(coco["images"]), instance.name)
+    return [image["file_name"] for image in coco["images"]]
 
 
 def write_semantic_datasets(
@@ -613,30 +543,26 @@ def write_semantic_datasets(
     seed: int = 0,
     splits: Sequence[str] | None = None,
 ) -> list[str]:
-    """Write synthetic data for the five semantic splits and the LandDiscover50K val part under ``root``.
+    """Write synthetic data for the semantic splits (``SEM_SEG_SPLITS``, or the named ones) under ``root``.
 
     Args:
         root: dataset root to write (point ``DETECTRON2_DATASETS`` at it).
-        num_train: images of LandDiscover50K train.
-        num_val: images of every other split.
+        num_train: images per training split.
+        num_val: images per validation split.
         min_size, max_size: range of image height and width in pixels.
         seed: base seed; the same seed writes byte-identical files.
-        splits: registered names to write; None writes all six.
+        splits: registered names to write; None writes all.
 
     Returns:
         The names of the splits written.
     """
-    by_name = {s.name: s for s in SEM_SPLITS}
+    by_name = {s.name: s for s in SEM_SEG_SPLITS}
     names = list(by_name) if splits is None else list(splits)
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"unknown semantic splits {unknown}; choose from {list(by_name)}")
     for name in names:
-        count = num_train if name.endswith("_train_sem_seg") else num_val
-        if name == "fast_val_sem_seg":
-            _write_fast_labels(os.fspath(root), count, min_size, max_size, seed)
-        else:
-            write_semantic_split(
-                by_name[name], os.fspath(root), count, min_size=min_size, max_size=max_size, seed=seed
-            )
+        split = by_name[name]
+        count = num_train if split.subset == "train" else num_val
+        write_semantic_split(split, os.fspath(root), count, min_size=min_size, max_size=max_size, seed=seed)
     return names

@@ -53,7 +53,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from score.data.datasets import SPLITS
+from score.data.datasets import SEM_SEG_SPLITS, SPLITS
 from score.modeling.context.remoteclip import value_only_block
 from score.modeling.open_vocab import mask_pool
 from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT
@@ -67,7 +67,13 @@ from synthetic_world import (
     scene_types_of,
     surround_radius,
 )
-from synthetic_world.landcover import SEM_SPLITS, cover_for, object_recipe, paint_cover, render_semantic_scene
+from synthetic_world.landcover import (
+    cover_for,
+    object_recipe,
+    paint_cover,
+    painted_names,
+    render_semantic_scene,
+)
 from synthetic_world.scenes import _background
 
 logger = logging.getLogger("pretrain_tiny_clip")
@@ -104,7 +110,7 @@ def concept_names(land_cover: bool = True) -> dict[str, list[str]]:
     concepts: dict[str, set[str]] = defaultdict(set)
     names = [n for split in SPLITS for n in split.class_names]
     if land_cover:
-        names += [n for split in SEM_SPLITS for n in split.class_names]
+        names += [n for split in SEM_SEG_SPLITS for n in painted_names(split)]
     for name in names:
         canonical = canonical_class_name(name)
         concepts[concept_of(name)].update(n.strip() for n in canonical.split(","))
@@ -448,6 +454,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval-per-scene", type=int, default=25, help="held-out scenes and as many regions per scene type"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed; held-out data use seed + 1000")
+    parser.add_argument(
+        "--init", default=None, help="state dict to start from (a checkpoint of this script), not random"
+    )
     args = parser.parse_args(argv)
     if args.model is None:
         args.model = TINY_CONVNEXT if args.tower == "objects" else TINY_VIT
@@ -491,6 +500,12 @@ def main(argv=None) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     model = open_clip.create_model(args.model)
+    if args.init:
+        # Go on from a checkpoint (fp16 on disk): new concepts are trained in while every
+        # batch keeps holding the old ones, so that they are not forgotten.
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        logger.info("initialised from %s", args.init)
     tokenizer = open_clip.get_tokenizer(args.model)
     size = (
         model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
