@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared body of eval_isaid.sh and eval_sior.sh: evaluate one trained run on its targets.
+# Shared body of eval_isaid.sh, eval_sior.sh and eval_landdiscover.sh: evaluate one trained run on its targets.
 #
 #   bash scripts/eval_targets.sh <train family> <default config> "<default targets>" <run_dir> [KEY VALUE ...]
 #
@@ -8,6 +8,8 @@
 # that target (dataset metadata, read by tools/ensemble_exponents.py). Extra KEY VALUE pairs
 # are appended to every command. Then tools/collect_results.py writes the Table 1 row to
 # <run_dir>/eval_final/results.{md,csv}.
+# Splits are <train family>_train_<KIND> and <target>_val_<KIND>, KIND "instance" (default)
+# or "sem_seg" (semantic segmentation; the row is then mIoU, paper Table A).
 # Environment: CONFIG, TARGETS (override the defaults), NUM_GPUS (default 1),
 # PYTHON (default .venv/bin/python if present, else python), EVAL_NAME (the folder
 # under <run_dir> instead of eval_final, e.g. for an ablation of the exponents).
@@ -28,18 +30,24 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=${CONFIG:-$DEFAULT_CONFIG}
 EVAL_DIR=$RUN_DIR/${EVAL_NAME:-eval_final}
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
+KIND=${KIND:-instance}
+case $KIND in
+    instance) METRICS=segm ;;
+    sem_seg) METRICS=sem_seg ;;
+    *) echo "KIND must be instance or sem_seg, not '$KIND'" >&2; exit 2 ;;
+esac
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 for target in $TARGETS; do
-    exponents=$("$PYTHON" "$REPO/tools/ensemble_exponents.py" "$TRAIN" "$target")
+    exponents=$("$PYTHON" "$REPO/tools/ensemble_exponents.py" "${TRAIN}_train_$KIND" "${target}_val_$KIND")
     read -r alpha beta <<< "$exponents"
     echo "== $TRAIN -> $target: alpha $alpha, beta $beta"
     "$PYTHON" "$REPO/train_net.py" --config "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --dist-url auto --eval-only \
         OUTPUT_DIR "$EVAL_DIR/$target" \
-        DATASETS.TEST "('${target}_val_instance',)" \
+        DATASETS.TEST "('${target}_val_$KIND',)" \
         MODEL.WEIGHTS "$RUN_DIR/model_final.pth" \
         MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA "$alpha" \
         MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA "$beta" \
@@ -47,4 +55,4 @@ for target in $TARGETS; do
 done
 
 # shellcheck disable=SC2086  # TARGETS is a word list
-"$PYTHON" "$REPO/tools/collect_results.py" "$EVAL_DIR" --targets $TARGETS
+"$PYTHON" "$REPO/tools/collect_results.py" "$EVAL_DIR" --targets $TARGETS --task "$METRICS"

@@ -56,3 +56,36 @@ def make_inputs():
         return batch
 
     return make
+
+
+def make_sem_seg_split(
+    root, name, num_classes, *, ignore_values=(255,), label_values=None, sizes=((40, 50),), seed=0
+):
+    """Write random images and label PNGs (values: the class values and the ignore values) under
+    ``root`` and register them as the semantic split ``name``; returns its records."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
+
+    from score.data.datasets import register_sem_seg_dataset
+
+    rng = np.random.default_rng(seed)
+    values = list(range(num_classes)) if label_values is None else list(label_values)
+    image_dir, label_dir = Path(root) / "images", Path(root) / "labels"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(image_dir / f"img{i}.png")
+        label = rng.choice(values + list(ignore_values), size=(h, w)).astype(np.uint8)
+        Image.fromarray(label).save(label_dir / f"img{i}.png")
+    DatasetCatalog.pop(name, None)
+    MetadataCatalog.pop(name, None)
+    register_sem_seg_dataset(
+        name,
+        str(image_dir),
+        str(label_dir),
+        [f"class {chr(97 + k % 26)}{k}" for k in range(num_classes)],
+        label_values=label_values,
+        ignore_values=ignore_values,
+    )
+    return DatasetCatalog.get(name)

@@ -1,12 +1,15 @@
-"""Collect the per-target evaluations of one run into a row of the paper's Table 1.
+"""Collect the per-target evaluations of one run into a row of the paper's Table 1 (or Table A).
 
     python tools/collect_results.py output/score_isaid/eval_final --targets nwpu sota fast sior
+    python tools/collect_results.py output/score_landdiscover_semantic/eval_final \
+        --targets flair fast potsdam floodnet --task sem_seg
 
 ``<eval_dir>/<target>/`` holds one evaluation (``train_net.py --eval-only``
 with OUTPUT_DIR ``<eval_dir>/<target>``); its ``results.json`` (written by
-``InstanceSegEvaluator`` under ``inference/<dataset>/``) is found anywhere
-below. The row has each target's mask AP, their average, and each target's
-AP over seen and unseen classes when the evaluation reported them. The table
+``InstanceSegEvaluator`` or ``SemSegMIoUEvaluator`` under ``inference/<dataset>/``)
+is found anywhere below. The row has each target's metric (mask AP for task
+"segm", mIoU for "sem_seg"), their average, and each target's metric over
+seen and unseen classes when the evaluation reported them. The table
 is printed as markdown and written to ``<eval_dir>/results.md`` and
 ``<eval_dir>/results.csv``. A missing or duplicated result is an error.
 """
@@ -23,7 +26,10 @@ import sys
 from glob import glob
 from typing import Any, Optional, Sequence
 
-__all__ = ["collect", "find_result", "results_row", "to_csv", "to_markdown"]
+__all__ = ["TASK_METRICS", "collect", "find_result", "results_row", "to_csv", "to_markdown"]
+
+# The metric of each task's row: COCO AP for instances, mIoU for semantic segmentation.
+TASK_METRICS = {"segm": "AP", "bbox": "AP", "sem_seg": "mIoU"}
 
 
 def find_result(target_dir: str) -> str:
@@ -45,7 +51,7 @@ def results_row(results: dict[str, dict], task: str = "segm") -> tuple[list[str]
 
     Args:
         results: target name -> parsed results.json, in column order.
-        task: which task's metrics to read ("segm" for the paper's mask AP).
+        task: which task's metrics to read ("segm" for the paper's mask AP, "sem_seg" for mIoU).
 
     Returns:
         (["<target>", ..., "average", "<target> seen", "<target> unseen", ...],
@@ -53,12 +59,15 @@ def results_row(results: dict[str, dict], task: str = "segm") -> tuple[list[str]
         unseen columns appear for the targets whose evaluation has them; a
         mean is over those targets.
     """
+    if task not in TASK_METRICS:
+        raise ValueError(f"Unknown task {task!r}; one of {sorted(TASK_METRICS)}")
+    metric = TASK_METRICS[task]
     header, values = [], []
     for target, result in results.items():
         if task not in result:
             raise KeyError(f"Result of target {target!r} has no {task!r} metrics (has {sorted(result)})")
         header.append(target)
-        values.append(_number(result[task]["AP"]))
+        values.append(_number(result[task][metric]))
     header.append("average")
     values.append(sum(values) / len(values))
     groups: dict[str, list[float]] = {"seen": [], "unseen": []}
@@ -66,7 +75,7 @@ def results_row(results: dict[str, dict], task: str = "segm") -> tuple[list[str]
         for group in groups:
             if group in result[task]:
                 header.append(f"{target} {group}")
-                values.append(_number(result[task][group]["AP"]))
+                values.append(_number(result[task][group][metric]))
                 groups[group].append(values[-1])
     for group, group_values in groups.items():
         if group_values:
@@ -134,7 +143,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("eval_dir", help="folder with one evaluation per target (<run>/eval_final)")
     parser.add_argument("--targets", nargs="+", help="target folders in column order (default: all, sorted)")
     parser.add_argument("--name", help="row label (default: the run folder's name)")
-    parser.add_argument("--task", default="segm", help="metrics to read (default: segm, the paper's mask AP)")
+    parser.add_argument(
+        "--task",
+        default="segm",
+        choices=sorted(TASK_METRICS),
+        help="metrics to read: segm (default, the paper's mask AP) or sem_seg (mIoU, Table A)",
+    )
     args = parser.parse_args(argv)
     sys.stdout.write(collect(args.eval_dir, args.targets, args.name, args.task))
 
