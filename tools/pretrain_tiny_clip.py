@@ -280,6 +280,8 @@ def render_cover_regions(rng: np.random.Generator, cover_names: list[str], num_s
     queue: collections.deque = collections.deque()
     images, regions, drawn = [], [], set()
     for scene in range(num_scenes):
+        if len(drawn) == len(cover_names):
+            break
         image, label, _ = render_semantic_scene(rng, size, size, queue, cover_names)
         images.append(image)
         for index in np.unique(label).tolist():
