@@ -38,7 +38,7 @@ demo-semantic:
 	bash scripts/demo_semantic.sh $(DEMO_SEMANTIC_ROOT)
 
 gpu-check:
-	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
+	bash tools/bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf output .pytest_cache .ruff_cache

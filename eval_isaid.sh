@@ -7,7 +7,8 @@
 # <run_dir>/model_final.pth, OUTPUT_DIR <run_dir>/eval_final/<target> and the ensemble
 # exponents the authors used for that target (dataset metadata); extra KEY VALUE pairs
 # are appended to every command; then the Table 1 row is printed and written to
-# <run_dir>/eval_final/results.{md,csv}. Environment: CONFIG (default
-# configs/score_isaid_instance.yaml), TARGETS, NUM_GPUS (default 1), PYTHON.
+# <run_dir>/eval_final/results.{md,csv}. The config is CONFIG when set, else the run's
+# <run_dir>/config.yaml, else configs/score_isaid_instance.yaml.
+# Environment: TARGETS, NUM_GPUS (default 1), PYTHON.
 # The body is shared with the other training set: scripts/eval_targets.sh.
 exec bash "$(dirname "${BASH_SOURCE[0]}")/scripts/eval_targets.sh" isaid configs/score_isaid_instance.yaml "nwpu sota fast sior" "$@"

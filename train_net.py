@@ -10,6 +10,11 @@
 The second line is the authors' evaluation command (eval_isaid.sh, eval_sior.sh):
 ``--config`` is accepted as an abbreviation of detectron2's ``--config-file``
 (argparse prefix matching). Trailing ``KEY VALUE`` pairs override the config.
+
+Before the model is built (docs/RELIABILITY.md): the solver values are
+checked, the run takes the lock of its OUTPUT_DIR (a second run there is
+refused, naming the first one's PID), and every split of DATASETS.TRAIN and
+DATASETS.TEST is loaded and validated.
 """
 
 import argparse
@@ -26,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from score.checkpoint import SCORECheckpointer
 from score.config import get_score_cfg
 from score.engine import Trainer, adapt_cfg_to_device
+from score.engine.preflight import check_training_config, lock_output_dir
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -35,6 +41,11 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(args.opts)
     cfg = adapt_cfg_to_device(cfg)
     cfg.freeze()
+    if not args.eval_only:
+        check_training_config(cfg, comm.get_world_size())
+    if comm.is_main_process():
+        # Before default_setup writes config.yaml there.
+        lock_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="score")
     return cfg
@@ -43,6 +54,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
 def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
+        Trainer.check_datasets(cfg, training=False)
         model = Trainer.build_model(cfg)
         # An unreadable or partial checkpoint raises, naming the file / the entries.
         SCORECheckpointer(

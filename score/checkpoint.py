@@ -150,6 +150,10 @@ class SCORECheckpointer(DetectionCheckpointer):
         """
         super().__init__(model, save_dir, **kwargs)
         self.require_complete = require_complete
+        # Of the last load: the trained entries it left unset, and the checkpoint's
+        # "trainer" entry (its iteration and, for our checkpoints, its config).
+        self.not_loaded: List[str] = []
+        self.loaded_trainer_state: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -173,6 +177,7 @@ class SCORECheckpointer(DetectionCheckpointer):
         mismatched = [k for k, _, _ in incompatible.incorrect_shapes]
         loaded = [k for k in given if k in model_keys and k not in set(mismatched)]
         not_loaded, table = load_summary(self.model, loaded, incompatible.missing_keys, mismatched)
+        self.not_loaded = not_loaded
         if not_loaded:
             shapes = {k: (a, b) for k, a, b in incompatible.incorrect_shapes}
             listing = "\n".join(
@@ -232,6 +237,8 @@ class SCORECheckpointer(DetectionCheckpointer):
     def _load_checkpoint(self, path: str, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
         """``Checkpointer.load`` for a file already read (model and every checkpointable)."""
         self.logger.info("[Checkpointer] Loading from %s ...", path)
+        trainer_state = checkpoint.get("trainer")
+        self.loaded_trainer_state = trainer_state if isinstance(trainer_state, dict) else {}
         incompatible = self._load_model(checkpoint)
         if incompatible is not None:
             self._log_incompatible_keys(incompatible)

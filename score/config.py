@@ -42,14 +42,18 @@ def add_maskformer2_config(cfg: CN) -> None:
     instance recipe's large-scale jitter) and the multi-scale decoder only. They
     are registered as deprecated (``DEPRECATED_KEYS``), so that a yaml that sets
     them (a config.yaml that detectron2 dumped before they were removed) still
-    loads, with a warning that names each ignored key. The names of
-    SCORE's own parts (mapper, head, pixel and transformer decoder) are set in
-    ``configs/Base-SCORE.yaml``.
+    loads, with a warning that names each ignored key. The names of parts
+    (mapper, pixel and transformer decoder) default to SCORE's registered ones,
+    those ``configs/Base-SCORE.yaml`` names; detectron2's own keys that choose
+    parts (``MODEL.META_ARCHITECTURE``, ``MODEL.BACKBONE.NAME``,
+    ``MODEL.SEM_SEG_HEAD.NAME``) keep detectron2's defaults, and the yaml names
+    SCORE's.
     """
     for key in DEPRECATED_KEYS:
         cfg.register_deprecated_key(key)
-    # Data: the training mapper, by name (score/data/mappers.py).
-    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # Data: the training mapper, by name (score/data/mappers.py); "score_instance_lsj" is
+    # the instance recipe's large-scale jitter (Mask2Former's default names its semantic mapper).
+    cfg.INPUT.DATASET_MAPPER_NAME = "score_instance_lsj"
     # Large-scale jitter: square target size (px) and random scale range.
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
@@ -67,17 +71,23 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
     cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
     cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
-    # Transformer decoder.
+    # Transformer decoder: attention heads M and FFN width.
     cfg.MODEL.MASK_FORMER.NHEADS = 8
-    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # Dropout of the pixel decoder's deformable encoder layers. As in Mask2Former,
+    # the transformer decoder ignores it and runs without dropout.
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
     # Number of predictions: DEC_LAYERS - 1 decoder layers plus one on the initial queries.
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    # Pre-norm instead of post-norm decoder layers.
     cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    # Query width C and number of queries Q.
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # 1x1 input projections of the decoder even when the feature width equals C.
     cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
-    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Registry name of the transformer decoder (score/modeling/transformer_decoder/).
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "SCOREMultiScaleMaskedTransformerDecoder"
     # Padding of the batch (px): the padded size is a multiple of it; -1 takes
     # the backbone's size_divisibility (Mask2Former's sentinel). 0, which meant
     # the backbone's value in earlier SCORE configs, still does (with a warning).
@@ -97,10 +107,13 @@ def add_maskformer2_config(cfg: CN) -> None:
     # Mask2Former, INSTANCE_ON implies it.
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
-    # Pixel decoder.
+    # Pixel decoder: width of the per-pixel mask embeddings, number of deformable encoder
+    # layers, and its registry name (score/modeling/pixel_decoder/).
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
-    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    # Backbone levels the deformable encoder attends to, its sampling points per level and head,
+    # and its heads.
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
@@ -140,7 +153,7 @@ def add_score_config(cfg: CN) -> None:
     # dtype of the context tower: "float16" (the authors' loader), "bfloat16",
     # "float32", or "auto": float16 on CUDA, float32 on CPU (for CPUs that emulate
     # float16 products). All but float16 change the numbers slightly; which is
-    # fastest depends on the CPU (docs/PERFORMANCE.md, docs/PREDICT.md "Speed on a
+    # fastest depends on the CPU (docs/BENCHMARKS.md, docs/PREDICT.md "Speed on a
     # CPU"). The recipes keep float16.
     cfg.MODEL.SCORE.RSCLIP_DTYPE = "float16"
     # Side (px) of the square the normalised batch is resized to for the
@@ -154,7 +167,7 @@ def add_score_config(cfg: CN) -> None:
     # out-of-vocabulary embedding of pooled masks): "none" (its own float32) or
     # "bf16" (bfloat16 autocast on the model's device, CUDA or CPU). Its outputs
     # are cast back to float32 for the trainable head. A speed option, not in the
-    # paper (docs/PERFORMANCE.md); the context tower's precision is RSCLIP_DTYPE.
+    # paper (docs/BENCHMARKS.md); the context tower's precision is RSCLIP_DTYPE.
     cfg.MODEL.SCORE.FROZEN_TOWERS_AUTOCAST = "none"
     # Cross- and self-attention of the transformer decoder through PyTorch's fused
     # scaled_dot_product_attention (need_weights=False) instead of the authors'
@@ -169,7 +182,7 @@ def add_score_config(cfg: CN) -> None:
     # inductor needs a C++ compiler), once more for a new input size, and again
     # when its weights change. Close to the eager outputs, not equal, so off in
     # the recipes; 1.01 to 1.05 x for the whole model on our CPU
-    # (docs/PERFORMANCE.md, "torch.compile").
+    # (docs/BENCHMARKS.md).
     cfg.MODEL.SCORE.COMPILE_AT_INFERENCE = []
     # Folder for the on-disk text-classifier cache ("" = no disk cache). The
     # cache is keyed by text model, weights and prompts.
@@ -229,28 +242,32 @@ def add_score_config(cfg: CN) -> None:
     cfg.MODEL.SCORE.GCA.MODE = "mha"
     cfg.MODEL.SCORE.GCA.NHEADS = 8
 
-    # --- Vocabulary used to decide which test classes are "seen" (SCORE.md
-    # 7.3). Empty: the classes of DATASETS.TRAIN[0].
+    # --- Training vocabulary (score/vocabulary.py). Empty: the classes of
+    # DATASETS.TRAIN[0]. It sets the training classifier (K classes), so a
+    # training run refuses one that does not list the classes of DATASETS.TRAIN in
+    # their order; in evaluation it only decides which test classes are "seen"
+    # (SCORE.md 7.3).
     cfg.MODEL.SCORE.TRAIN_VOCABULARY = []
 
     # --- Evaluation (DATASETS.md "Evaluation protocol"): implementation of COCO
     # mask AP. "faster_coco_eval" (C++, the same numbers as pycocotools; the
-    # faster one in tools/benchmark_coco_eval.py), "pycocotools" (the official
+    # faster one in tools/bench/benchmark_coco_eval.py), "pycocotools" (the official
     # API) or "detectron2" (its C++ COCOeval_opt; needs detectron2's extension).
     cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
 
     # --- Dataset validation (score/data/validation.py), run on every training
-    # and test split before the first iteration. False: a bad record (missing,
+    # and test split before the model is built. False: a bad record (missing,
     # truncated or wrongly sized image, annotation without a usable mask) stops
-    # the run with the list of all of them; True: they are dropped and counted.
+    # the run with the list of all of them; True: they are dropped and counted
+    # (not the annotations of a test split, nor problems of the file itself).
     cfg.DATASETS.DROP_INVALID = False
-    # Folder of the validation cache (one file per annotation file, keyed by its
-    # size and mtime); "" turns the cache off.
+    # Folder of the validation cache (keyed by the annotation file and the size
+    # and mtime of every image); "" turns the cache off.
     cfg.DATASETS.VALIDATION_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "score", "validation")
 
     # --- Reliability of inputs and checkpoints (docs/RELIABILITY.md).
     # 8-bit stretch of training / test images with more than 8 bits per channel
-    # (16-bit PNG or TIFF), the one of GeoTIFF input (score/predict/geo.py):
+    # (16-bit PNG or TIFF), the one of GeoTIFF input (score/data/image_io.py):
     # "percentile" (per band, 2nd..98th percentile to 0..255) or "dtype"
     # (0..max of the integer type, e.g. / 65535).
     cfg.INPUT.HIGH_BIT_DEPTH_SCALING = "percentile"

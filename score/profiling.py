@@ -1,4 +1,4 @@
-"""Stage labels of SCORE's forward for ``torch.profiler`` (``tools/benchmark.py --profile``).
+"""Stage labels of SCORE's forward for ``torch.profiler`` (``tools/bench/benchmark.py --profile``).
 
 ``profiled(name)`` wraps a function in ``torch.profiler.record_function``:
 when no profiler is running that is one call into the profiler's C++ side

@@ -12,7 +12,7 @@
 #   bash scripts/demo.sh [OUTPUT_ROOT] [KEY VALUE ...]   (default output/demo)
 # Extra KEY VALUE pairs override the training config (e.g. SOLVER.MAX_ITER 50); the schedule
 # (1500 iterations on 320 px crops of a 64-wide model with a 4-prediction decoder, a
-# 50-iteration Gumbel warm-up, 384 px test size) is the tiny-world config's, docs/EXPERIMENTS.md section 1.
+# 50-iteration Gumbel warm-up, 384 px test size) is the tiny-world config's (docs/GETTING_STARTED.md).
 # Environment: CONFIG (default configs/tiny_world/score_isaid.yaml), PYTHON.
 # The console gets one line per step and the tables; the full logs go to OUTPUT_ROOT/logs/.
 set -euo pipefail
@@ -65,7 +65,7 @@ if [[ $status -ne 0 ]]; then
 fi
 
 echo "== 3/4 cross-dataset evaluation (eval_isaid.sh; log: $LOGS/eval.log)"
-CONFIG=$CONFIG PYTHON=$PYTHON logged "$LOGS/eval.log" bash eval_isaid.sh "$RUN" "$@"
+PYTHON=$PYTHON logged "$LOGS/eval.log" bash eval_isaid.sh "$RUN" "$@"  # with the run folder's config.yaml
 
 echo "== 4/4 prediction overlays of synthetic NWPU images -> $OVERLAYS/visualizations (log: $LOGS/predict.log)"
 mapfile -t IMAGES < <(find "$DETECTRON2_DATASETS/NWPU/image_patches" -name '*.jpg' -o -name '*.png' | sort | head -n 4)
@@ -74,15 +74,7 @@ logged "$LOGS/predict.log" "$PYTHON" tools/predict.py --config-file "$CONFIG" --
     --opts MODEL.WEIGHTS "$RUN/model_final.pth" DATASETS.TEST "('nwpu_val_instance',)" "$@"
 
 echo
-echo "## In-domain: synthetic iSAID val (mask AP, %; every class seen)"
-"$PYTHON" - "$RUN" <<'EOF'
-import glob, json, sys
-with open(glob.glob(f"{sys.argv[1]}/inference/isaid_val_instance/results.json")[0]) as f:
-    segm = json.load(f)["segm"]
-print(f"AP {segm['AP']:.2f}  AP50 {segm['AP50']:.2f}  AP75 {segm['AP75']:.2f}")
-EOF
+"$PYTHON" scripts/demo_table.py "$RUN"
 echo
-echo "## Cross-dataset: trained on synthetic iSAID, mask AP (%) on the synthetic targets"
-cat "$RUN/eval_final/results.md"
-echo
+echo "Tables: $RUN/eval_final/results.md and results.csv"
 echo "Overlays: $OVERLAYS/visualizations/   logs: $LOGS/   ($(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s)"

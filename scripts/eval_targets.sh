@@ -10,6 +10,8 @@
 # <run_dir>/eval_final/results.{md,csv}.
 # Splits are <train family>_train_<KIND> and <target>_val_<KIND>, KIND "instance" (default)
 # or "sem_seg" (semantic segmentation; the row is then mIoU, paper Table A).
+# The config is CONFIG when set, else <run_dir>/config.yaml (written by training), else <default config>;
+# the first line printed says which.
 # Environment: CONFIG, TARGETS (override the defaults), NUM_GPUS (default 1),
 # PYTHON (default .venv/bin/python if present, else python), EVAL_NAME (the folder
 # under <run_dir> instead of eval_final, e.g. for an ablation of the exponents).
@@ -27,7 +29,16 @@ RUN_DIR=${1%/}
 shift
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CONFIG=${CONFIG:-$DEFAULT_CONFIG}
+# The config the run was trained with (train_net.py writes it to OUTPUT_DIR), unless CONFIG names one.
+if [[ -n "${CONFIG:-}" ]]; then
+    echo "== config: $CONFIG (from CONFIG)"
+elif [[ -f "$RUN_DIR/config.yaml" ]]; then
+    CONFIG=$RUN_DIR/config.yaml
+    echo "== config: $CONFIG (the run folder's)"
+else
+    CONFIG=$DEFAULT_CONFIG
+    echo "== config: $CONFIG (the recipe's: $RUN_DIR has no config.yaml)"
+fi
 EVAL_DIR=$RUN_DIR/${EVAL_NAME:-eval_final}
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 KIND=${KIND:-instance}

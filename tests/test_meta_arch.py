@@ -191,13 +191,13 @@ def test_rai_kernel_is_fixed_after_the_last_warmup_update(make_inputs, monkeypat
     assert int(rai.kernel_logits.argmax()) == len(candidates) - 1
 
     used = []
-    dilate = rai_module._dilate
+    dilate = rai_module.dilate
 
     def spy(mask_logits, kernel):
         used.append(kernel)
         return dilate(mask_logits, kernel)
 
-    monkeypatch.setattr(rai_module, "_dilate", spy)
+    monkeypatch.setattr(rai_module, "dilate", spy)
     model(make_inputs([(64, 64)], seed=warmup))
     assert not rai.in_gumbel_phase
     assert used and set(used) == {candidates[-1]}
@@ -215,8 +215,8 @@ def test_head_is_built_from_the_registry_by_name(tmp_path):
     assert SEM_SEG_HEADS_REGISTRY.get("SCOREHead") is SCOREHead
     train_net = load_script("train_net.py")
     args = default_argument_parser().parse_args(
-        ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path)]
-        + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]
+        ["--config-file", str(TINY_CONFIG), "--eval-only", "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "()"]
+        + ["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"]  # no test split: its data would be checked first
     )
     with pytest.raises(KeyError, match="No object named 'NoSuchHead' found in 'SEM_SEG_HEADS' registry"):
         train_net.main(args)

@@ -52,8 +52,6 @@ def test_conversion_renames_only_the_parts_with_their_own_module():
 
 @pytest.fixture(scope="module")
 def full_model():
-    if not OFFICIAL_KEYS.exists():
-        pytest.skip(f"{OFFICIAL_KEYS} not present")
     cfg = get_score_cfg()
     cfg.merge_from_file(str(REPO / "configs" / "score_isaid_instance.yaml"))
     cfg.merge_from_list(["MODEL.SCORE.RANDOM_INIT_CLIP", "True", "MODEL.DEVICE", "cpu"])

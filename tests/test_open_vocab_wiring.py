@@ -17,23 +17,30 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 
 import score.meta_arch
+from score.config import get_score_cfg
 from tests.conftest import tiny_cfg
 
-ALPHA, BETA = 0.25, 0.75
+ALPHA, BETA = 0.25, 0.75  # not the defaults
 NUM_EMPTY = 5  # queries whose mask is forced empty
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).eval()
+    # Exponents other than the defaults, through the config keys the model reads.
+    model = build_model(
+        tiny_cfg(
+            "MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA",
+            str(ALPHA),
+            "MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA",
+            str(BETA),
+        )
+    ).eval()
     # Two distinct logit scales, so that using the head's instead of the CLIP's shows.
     with torch.no_grad():
         model.backbone.logit_scale.fill_(math.log(30.0))
         model.sem_seg_head.predictor.logit_scale.fill_(math.log(60.0))
         model.void_embedding.weight.normal_()
-    model.geometric_ensemble_alpha = ALPHA
-    model.geometric_ensemble_beta = BETA
     train = model.train_class_names
     # Three seen classes and two unseen ones.
     model.set_vocabulary([train[0], train[3], "solar panel", train[5], "wind turbine"], train)
@@ -165,6 +172,19 @@ def test_final_logits_are_the_ensemble(model, make_inputs, monkeypatch, on_valid
         seen["outputs"]["pred_logits"], out_logits, model._seen, valid if on_valid_mask else None, ALPHA, BETA
     )
     torch.testing.assert_close(seen["class_logits"], expected, rtol=1e-4, atol=1e-4)
+    # ... and not the ensemble with the default exponents: the model used the configured ones.
+    defaults = get_score_cfg().MODEL.SCORE
+    assert (defaults.GEOMETRIC_ENSEMBLE_ALPHA, defaults.GEOMETRIC_ENSEMBLE_BETA) != (ALPHA, BETA)
+    for alpha, beta in ((defaults.GEOMETRIC_ENSEMBLE_ALPHA, BETA), (ALPHA, defaults.GEOMETRIC_ENSEMBLE_BETA)):
+        other = _ensemble(
+            seen["outputs"]["pred_logits"],
+            out_logits,
+            model._seen,
+            valid if on_valid_mask else None,
+            alpha,
+            beta,
+        )
+        assert not torch.allclose(seen["class_logits"], other, rtol=1e-4, atol=1e-4), (alpha, beta)
     # Void comes from the in-vocabulary softmax alone.
     p_void = seen["outputs"]["pred_logits"].softmax(-1)[..., -1]
     torch.testing.assert_close(seen["class_logits"][..., -1].exp(), p_void + 1e-8, rtol=1e-5, atol=1e-6)

@@ -16,8 +16,8 @@ open_clip's ``ClipLoss``; each batch holds distinct concepts, so no caption is
 a false negative of another image in the batch. ``--captions-per-image`` draws
 more captions per crop (one ``ClipLoss`` term each) and ``--text-contrast``
 contrasts those caption sets with each other too, which spreads the classifier
-rows of concepts that the image term leaves nearly parallel (measured in
-docs/EXPERIMENTS.md section 4; the shipped checkpoint uses neither).
+rows of concepts that the image term leaves nearly parallel (the shipped
+checkpoint uses neither).
 
 It logs the zero-shot top-1 over all concepts on held-out crops and regions (another
 seed) and writes an open_clip state dict (fp16), which loads through

@@ -154,6 +154,9 @@ def dataset_root() -> str:
 def _check_paths(name: str, image_root: str, json_file: str) -> None:
     env = os.environ.get("DETECTRON2_DATASETS")
     env_text = f"DETECTRON2_DATASETS={env!r}" if env else "DETECTRON2_DATASETS unset, default 'datasets'"
+    root = os.path.abspath(env or "datasets")
+    if not os.path.isdir(root) and os.path.abspath(json_file).startswith(root + os.sep):
+        env_text += f", a folder that does not exist (working directory {os.getcwd()})"
     for kind, path, exists in (
         ("annotation file", json_file, os.path.isfile(json_file)),
         ("image folder", image_root, os.path.isdir(image_root)),

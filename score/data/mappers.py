@@ -12,7 +12,7 @@ Testing uses detectron2's ``DatasetMapper`` with
 every image and drops the annotations (the evaluator reads them from the
 json). Both mappers read images with :func:`read_image_or_fail`, so a picture
 with more than 8 bits per channel is stretched to 8 bit as GeoTIFF input is
-(``score.predict.geo.read_image_uint8``, INPUT.HIGH_BIT_DEPTH_SCALING) instead of
+(:func:`score.data.image_io.read_image_uint8`, INPUT.HIGH_BIT_DEPTH_SCALING) instead of
 being saturated by PIL.
 
 Semantic training ("mask_former_semantic", Mask2Former's name for its semantic
@@ -39,7 +39,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
-from ..predict.geo import SCALINGS, read_image_uint8
+from .image_io import SCALINGS, read_image_uint8
 from .labels import LabelEncoding, read_label
 from .validation import annotation_problem
 
@@ -78,7 +78,7 @@ def _check_high_bit_scaling(value: str) -> str:
 
 
 def read_image_or_fail(file_name: str, image_format: str, high_bit_scaling: str = "percentile") -> np.ndarray:
-    """``score.predict.geo.read_image_uint8``, with an error that names the file when it cannot be decoded.
+    """:func:`score.data.image_io.read_image_uint8`, with an error naming the file when it cannot be decoded.
 
     Args:
         file_name: image file.
@@ -141,7 +141,7 @@ class SCOREInstanceLSJMapper:
             augmentations: applied in order to the image and its annotations.
             image_format: detectron2 image format of the output ("RGB" for CLIP).
             high_bit_scaling: 8-bit stretch of images with more than 8 bits per
-                channel, "percentile" or "dtype" (see ``score.predict.geo``).
+                channel, "percentile" or "dtype" (see :mod:`score.data.image_io`).
         """
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format

@@ -58,13 +58,15 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from score.checkpoint import SCORECheckpointer
+from score.checkpoint import PartialCheckpointError, SCORECheckpointer
 from score.data.labels import LabelEncoding
 from score.data.mappers import build_test_mapper, build_train_mapper
 from score.data.samplers import ResumableTrainingSampler
 from score.data.validation import validate_dataset
 from score.evaluation import InstanceSegEvaluator, SemSegMIoUEvaluator
-from score.vocabulary import dataset_classes, seen_flags, train_vocabulary
+from score.vocabulary import check_train_vocabulary, dataset_classes, seen_flags, train_vocabulary
+
+from .preflight import check_training_config, config_differences
 
 __all__ = [
     "NORM_MODULE_TYPES",
@@ -293,10 +295,47 @@ class RAISummaryHook(HookBase):
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with SCORE's optimizer, data, evaluation and vocabulary switching."""
+    """detectron2's DefaultTrainer with SCORE's optimizer, data, evaluation and vocabulary switching.
+
+    Before the model is built, the constructor checks the solver values
+    (:func:`score.engine.preflight.check_training_config`) and every training
+    and test split (:meth:`check_datasets`): bad values, missing data and bad
+    records stop the run before it spends time on the model.
+    """
+
+    # Training records already checked by the constructor, taken by build_train_loader.
+    _checked_train_dicts: Optional[tuple[tuple[str, ...], list[dict]]] = None
 
     def __init__(self, cfg: CfgNode):
-        super().__init__(adapt_cfg_to_device(cfg))
+        cfg = adapt_cfg_to_device(cfg)
+        check_training_config(cfg, comm.get_world_size())
+        # The vocabulary sets the training classifier: checked against the splits' class lists.
+        check_train_vocabulary(cfg)
+        train_dicts = self.check_datasets(cfg, training=True)
+        Trainer._checked_train_dicts = (tuple(cfg.DATASETS.TRAIN), train_dicts)
+        try:
+            super().__init__(cfg)
+        finally:
+            Trainer._checked_train_dicts = None
+
+    @classmethod
+    def check_datasets(cls, cfg: CfgNode, *, training: bool) -> list[dict]:
+        """Load and validate the splits of a run: DATASETS.TRAIN (when ``training``) and DATASETS.TEST.
+
+        The test splits of a training run are checked too, so that a bad one
+        stops the run before training rather than at the first evaluation.
+        Missing files or DETECTRON2_DATASETS raise ``FileNotFoundError``, bad
+        records ``InvalidDatasetError`` (score/data/validation.py).
+
+        Returns:
+            The validated training records (all training splits; empty when not ``training``).
+        """
+        train_dicts = []
+        if training:
+            train_dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
+        for name in cfg.DATASETS.TEST:
+            cls.validated_dataset_dicts(cfg, name, test=True)
+        return train_dicts
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
@@ -306,14 +345,22 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg: CfgNode) -> Iterable:
         # Images without annotations (also those left empty by the validation)
         # are dropped when DATALOADER.FILTER_EMPTY_ANNOTATIONS is set (the recipe's default).
-        dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
+        checked = Trainer._checked_train_dicts
+        if checked is not None and checked[0] == tuple(cfg.DATASETS.TRAIN):
+            dicts = checked[1]
+        else:
+            dicts = [r for name in cfg.DATASETS.TRAIN for r in cls.validated_dataset_dicts(cfg, name)]
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             # Semantic records have a label image instead of "annotations": kept as they are.
             semantic = [r for r in dicts if "sem_seg_file_name" in r]
             instance = [r for r in dicts if "sem_seg_file_name" not in r]
             dicts = semantic + (filter_images_with_only_crowd_annotations(instance) if instance else [])
         if not dicts:
-            raise ValueError(f"No training image left in {tuple(cfg.DATASETS.TRAIN)}")
+            raise ValueError(
+                f"No training image left in {tuple(cfg.DATASETS.TRAIN)}: every image is without "
+                "annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS drops those) or was dropped by "
+                "DATASETS.DROP_INVALID"
+            )
         sampler = None
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dicts))
@@ -326,21 +373,29 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
-        dicts = cls.validated_dataset_dicts(cfg, dataset_name)
+        dicts = cls.validated_dataset_dicts(cfg, dataset_name, test=True)
         return build_detection_test_loader(
             dicts, mapper=build_test_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
         )
 
     @classmethod
-    def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str) -> list[dict]:
-        """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID)."""
+    def validated_dataset_dicts(cls, cfg: CfgNode, dataset_name: str, *, test: bool = False) -> list[dict]:
+        """The records of ``dataset_name`` after ``validate_dataset`` (DATASETS.DROP_INVALID).
+
+        Of a ``test`` split, DROP_INVALID drops bad images but no annotation:
+        the evaluator reads the annotation file as written, so a bad
+        annotation there stops the run.
+        """
+        # Loading first: a load under another DETECTRON2_DATASETS replaces the metadata entry.
+        dicts = DatasetCatalog.get(dataset_name)
         metadata = MetadataCatalog.get(dataset_name)
         semantic = metadata.get("evaluator_type", None) == "sem_seg"
         return validate_dataset(
-            DatasetCatalog.get(dataset_name),
+            dicts,
             dataset_name,
             json_file=metadata.get("json_file", None),
             drop_invalid=cfg.DATASETS.DROP_INVALID,
+            drop_annotations=not test,
             cache_dir=cfg.DATASETS.VALIDATION_CACHE_DIR,
             label_encoding=LabelEncoding.from_metadata(metadata) if semantic else None,
         )
@@ -410,6 +465,7 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP's grad scaler)
         ret["rng"] = rng_states()
+        ret["config"] = self.cfg.dump()  # names what differs when a resume's model does not fit
         sampler = getattr(self.data_loader, "resumable_sampler", None)
         if sampler is not None:
             ret["sampler"] = sampler.state_dict()
@@ -418,7 +474,11 @@ class Trainer(DefaultTrainer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the data stream restarts after the images of iterations 0..iter."""
         super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
+        if self.checkpointer.not_loaded:
+            logger.warning(
+                "Resumed from a partial load (MODEL.ALLOW_PARTIAL_WEIGHTS): the optimizer restarts from zero"
+            )
+        elif "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("The checkpoint has no optimizer state: the optimizer restarts from zero")
@@ -438,6 +498,51 @@ class Trainer(DefaultTrainer):
             set_rng_states(state_dict["rng"])
         elif "rng" not in state_dict:
             logger.warning("The checkpoint has no RNG states: the resumed run's randomness differs")
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's ``resume_or_load``; a resume needs a checkpoint of the same model and iterations left.
+
+        Resuming from OUTPUT_DIR's last checkpoint refuses one whose weights do
+        not fit the config's model (``PartialCheckpointError`` naming the
+        ``MODEL.*`` keys that changed, when the checkpoint saved its config,
+        and every parameter of another shape), unless
+        MODEL.ALLOW_PARTIAL_WEIGHTS: then the weights that fit are loaded and
+        the optimizer restarts. A checkpoint past SOLVER.MAX_ITER is an error;
+        one at MAX_ITER (a finished run) leaves nothing to train (see :meth:`train`).
+        """
+        resuming = resume and self.checkpointer.has_checkpoint()
+        self.checkpointer.require_complete = resuming and not self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS
+        try:
+            super().resume_or_load(resume=resume)
+        except PartialCheckpointError as error:
+            saved = self.checkpointer.loaded_trainer_state.get("config")
+            changed = config_differences(saved, self.cfg) if saved else []
+            keys = ("\n  " + "\n  ".join(changed)) if changed else " (the checkpoint holds no config)"
+            raise PartialCheckpointError(
+                f"--resume: the last checkpoint of {self.cfg.OUTPUT_DIR} was trained with another model. "
+                f"Config keys that differ:{keys}\n{error}\nResume with the checkpoint's config, or set "
+                "MODEL.ALLOW_PARTIAL_WEIGHTS True to load what fits and restart the optimizer"
+            ) from None
+        finally:
+            self.checkpointer.require_complete = False
+        if resuming and self.start_iter > self.max_iter:
+            raise ValueError(
+                f"--resume: the last checkpoint of {self.cfg.OUTPUT_DIR} has trained {self.start_iter} "
+                f"iterations, past SOLVER.MAX_ITER = {self.max_iter}: nothing to train. Raise "
+                "SOLVER.MAX_ITER to train longer, or give another OUTPUT_DIR to train anew"
+            )
+
+    def train(self) -> Optional[dict]:
+        """detectron2's ``train``; a resumed run that already reached SOLVER.MAX_ITER says so and returns."""
+        if self.start_iter >= self.max_iter:
+            logger.warning(
+                "Nothing to train: the run in %s already reached SOLVER.MAX_ITER = %d. Raise SOLVER.MAX_ITER "
+                "to train longer",
+                self.cfg.OUTPUT_DIR,
+                self.max_iter,
+            )
+            return None
+        return super().train()
 
     def build_hooks(self) -> list[HookBase]:
         """detectron2's hooks plus ``RAISummaryHook``, placed before the writer so its scalars are written.

@@ -17,7 +17,7 @@ so they do not depend on the backend's ``summarize`` (pycocotools' own
 * "detectron2": detectron2's ``COCOeval_opt`` (C++), only where detectron2 was
   built with its extension (``score.compat.HAS_D2_C``).
 
-``tools/benchmark_coco_eval.py`` times the first two; ``DEFAULT_BACKEND`` is
+``tools/bench/benchmark_coco_eval.py`` times the first two; ``DEFAULT_BACKEND`` is
 the faster one by that measure (docs/TRAINING.md has the figures).
 """
 
@@ -55,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("pycocotools", "faster_coco_eval", "detectron2")
-# tools/benchmark_coco_eval.py (500 images x 300 masks of 512 x 512, 2 CPUs):
+# tools/bench/benchmark_coco_eval.py (500 images x 300 masks of 512 x 512, 2 CPUs):
 # faster-coco-eval 9.3 s, pycocotools 15.2 s, identical AP (docs/TRAINING.md).
 DEFAULT_BACKEND = "faster_coco_eval"
 

@@ -77,6 +77,9 @@ class GlobalContextAdaptation(nn.Module):
             return rows + g[:, None, :]
         if self.mode == "mha":
             query = rows.expand(num_images, -1, -1)
+            # One key/value row (B, 1, D). The authors repeat g once per text row,
+            # (B, N, D): the same output but for the last bits, at several times the
+            # cost (docs/DESIGN.md, "Numeric differences").
             key_value = g[:, None, :]
             shift, _ = self.attn(query, key_value, key_value, need_weights=False)
             return rows + shift

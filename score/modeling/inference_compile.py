@@ -10,7 +10,7 @@ CPU), so the code is compiled again whenever a weight of the module is
 replaced or changed in place (a checkpoint loaded, a training step, a move
 to another device). Inductor fuses and reorders floating-point work, so
 the outputs are close to the eager ones, not equal; the eager forward is
-the reference (docs/PERFORMANCE.md, "torch.compile").
+the reference (docs/BENCHMARKS.md).
 
 The compiled callable is a plain attribute of its module, not a submodule:
 the state dict and the parameter names do not change.

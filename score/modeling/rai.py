@@ -6,6 +6,8 @@ remote-sensing CLIP is pooled inside the dilated mask (regional context
 extraction), and the result is added to the class embedding with a learnable
 weight before a stack of transformer encoder layers run on each query alone
 (integration). The choices the spec leaves open are in docs/DESIGN.md ("RAI").
+The max-pool dilations (score/modeling/dilation.py) and the one-token encoder
+stack (score/modeling/single_token_encoder.py) are fast paths kept beside it.
 
 Shorthand: B batch, Q queries, D joint embedding width, n kernel candidates,
 H x W mask-logit size, h x w context grid (16 x 16 for ViT-L/14 at 224).
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import Tensor, nn
 
+from score.modeling.dilation import dilate, mix_dilations
 from score.modeling.open_vocab import mask_pool
+from score.modeling.single_token_encoder import single_token_encoder
 from score.profiling import profiled
 
 if TYPE_CHECKING:
@@ -34,142 +38,6 @@ logger = logging.getLogger(__name__)
 
 _DILATION_MODES = ("gumbel", "paper")
 _CONTEXT_SOURCES = ("regional", "cls", "patch")
-
-
-def _max_filter_1d(x: Tensor, kernel: int, dim: int) -> Tensor:
-    """Stride-1 max over windows of odd ``kernel`` along ``dim``, padding kernel // 2 (never the max).
-
-    Sparse-table doubling: after j steps each position holds the max of the
-    2^j values from it on; a window of ``kernel`` is the max of two such
-    windows of the largest 2^j <= kernel that overlap to cover it exactly.
-    About log2(kernel) element-wise maxima instead of a windowed pool: the same
-    values, several times faster than ``max_pool2d`` on CPU.
-    """
-    radius, size = kernel // 2, x.shape[dim]
-    pad = [0, 0, radius, radius] if dim == -2 else [radius, radius]
-    y = F.pad(x, pad, value=float("-inf"))
-    width = 1
-    while 2 * width <= kernel:
-        length = y.shape[dim] - width
-        y = torch.maximum(y.narrow(dim, 0, length), y.narrow(dim, width, length))
-        width *= 2
-    return torch.maximum(y.narrow(dim, 0, size), y.narrow(dim, kernel - width, size))
-
-
-def _dilate(mask_logits: Tensor, kernel: int) -> Tensor:
-    """Stride-1 max-pool with an odd ``kernel`` and padding kernel // 2: (B, Q, H, W) -> same shape.
-
-    A square max filter is separable, so it runs as two 1-D max filters: the
-    same values as ``F.max_pool2d``, and far cheaper for the larger kernels.
-    """
-    return _max_filter_1d(_max_filter_1d(mask_logits, kernel, -2), kernel, -1)
-
-
-def _dilate_all(mask_logits: Tensor, kernels: Sequence[int]) -> List[Tensor]:
-    """``_dilate(mask_logits, k)`` for every k of ``kernels``, in that order.
-
-    Max filters compose (a window of a, then one of b, is one of a + b - 1,
-    padding included), so each kernel is grown from the next smaller one.
-    """
-    dilated, grown, size = {}, mask_logits, 1
-    for kernel in sorted(set(kernels)):
-        grown = _dilate(grown, kernel - size + 1)
-        size = kernel
-        dilated[kernel] = grown
-    return [dilated[k] for k in kernels]
-
-
-def _mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int]) -> Tensor:
-    """Reference Gumbel mixture sum_k w_k * dilate_k(M): (B, Q, H, W), weights (n,) -> (B, Q, H, W)."""
-    return sum(w * m for w, m in zip(weights, _dilate_all(mask_logits, kernels)))
-
-
-def _max_filter_1d_argmax(x: Tensor, kernel: int, dim: int) -> Tuple[Tensor, Tensor]:
-    """``_max_filter_1d`` through ``max_pool1d``: the values and, per output, the index along ``dim``
-    of the input element that holds the maximum (padding excluded)."""
-    moved = x.movedim(dim, -1)
-    shape = moved.shape
-    values, index = F.max_pool1d(
-        moved.reshape(-1, 1, shape[-1]), kernel, stride=1, padding=kernel // 2, return_indices=True
-    )
-    return values.view(shape).movedim(-1, dim), index.view(shape).movedim(-1, dim)
-
-
-class _MixedDilation(torch.autograd.Function):
-    """``_mix_dilations`` with a backward that keeps only its two inputs and routes through indices.
-
-    Under autograd the reference keeps every padded copy and every element-wise
-    maximum of the six max filters (about 40 full-size tensors per call, and
-    RAI runs once per decoder layer), and its backward through those chains of
-    maxima costs several times the forward. This keeps M and the weights; the
-    backward recomputes each dilation as two 1-D ``max_pool1d`` passes with
-    their argmax indices and scatters the gradient back along them:
-    dL/dw_k = sum(G * dilate_k(M)), dL/dM = sum_k adjoint_k(w_k G). The
-    forward values are the reference's, bit for bit; the gradients equal it up
-    to float summation order, except at exact ties between distinct pixels,
-    where the whole gradient goes to one of them (``max_pool``'s rule) instead
-    of being split.
-    """
-
-    @staticmethod
-    def forward(ctx, mask_logits: Tensor, weights: Tensor, kernels: Tuple[int, ...]) -> Tensor:
-        ctx.kernels = kernels
-        ctx.save_for_backward(mask_logits, weights)
-        return _mix_dilations(mask_logits, weights, kernels)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        mask_logits, weights = ctx.saved_tensors
-        need_mask, need_weights = ctx.needs_input_grad[:2]
-        grad_mask = torch.zeros_like(mask_logits) if need_mask else None
-        grad_weights = torch.zeros_like(weights) if need_weights else None
-        for i, (w, kernel) in enumerate(zip(weights, ctx.kernels)):
-            rows, row_index = _max_filter_1d_argmax(mask_logits, kernel, -2)
-            dilated, col_index = _max_filter_1d_argmax(rows, kernel, -1)
-            if need_weights:
-                grad_weights[i] = (grad * dilated).sum()
-            if need_mask:
-                grad_rows = torch.zeros_like(rows).scatter_add_(-1, col_index, grad * w)
-                grad_mask.scatter_add_(-2, row_index, grad_rows)
-        return grad_mask, grad_weights, None
-
-
-def mix_dilations(mask_logits: Tensor, weights: Tensor, kernels: Sequence[int]) -> Tensor:
-    """Gumbel mixture sum_k w_k * dilate_k(M), through ``_MixedDilation`` when a gradient is needed."""
-    if torch.is_grad_enabled() and (mask_logits.requires_grad or weights.requires_grad):
-        return _MixedDilation.apply(mask_logits, weights, tuple(kernels))
-    return _mix_dilations(mask_logits, weights, kernels)
-
-
-def _single_token_attention(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
-    """Self-attention of sequences of one token: (S, 1, D) -> (S, 1, D), batch-first.
-
-    With one key, softmax gives weight 1 to it, so attention is exactly
-    out_proj(v_proj(x)); the query and key projections do not change the
-    output (and got a zero gradient before too). The MHA's dropout on the
-    attention weights drops a head's whole output for a token, so in training
-    it becomes one Bernoulli mask per (token, head), scaled by 1 / (1 - p).
-    """
-    d = x.shape[-1]
-    value = F.linear(x, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
-    if attn.training and attn.dropout > 0.0:
-        heads = attn.num_heads
-        keep = F.dropout(value.new_ones(value.shape[0], 1, heads, 1), attn.dropout, training=True)
-        value = (value.view(value.shape[0], 1, heads, d // heads) * keep).view_as(value)
-    return attn.out_proj(value)
-
-
-def _single_token_encoder(encoder: nn.TransformerEncoder, x: Tensor) -> Tensor:
-    """``encoder(x)`` of post-norm layers on one-token sequences (S, 1, D), via the value path.
-
-    The layers' own modules are used, so parameters and state-dict keys are
-    those of ``nn.TransformerEncoder``.
-    """
-    for layer in encoder.layers:
-        x = layer.norm1(x + layer.dropout1(_single_token_attention(layer.self_attn, x)))
-        feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
-        x = layer.norm2(x + layer.dropout2(feed_forward))
-    return x if encoder.norm is None else encoder.norm(x)
 
 
 class RegionAwareIntegration(nn.Module):
@@ -387,13 +255,13 @@ class RegionAwareIntegration(nn.Module):
                 weights = F.gumbel_softmax(self.kernel_logits, tau=self.gumbel_tau, hard=False)
                 return mix_dilations(mask_logits, weights, self.kernel_candidates), True
             self._fix_kernel_if_due()
-            return _dilate(mask_logits, self.current_kernel()).detach(), False
+            return dilate(mask_logits, self.current_kernel()).detach(), False
         # "paper": interpolate between the two odd kernels around the real k so
         # that delta gets a gradient (docs/DESIGN.md, RAI).
         kernel = self._paper_kernel()
         k_lo = 3 + 2 * math.floor((float(kernel.detach()) - 3.0) / 2.0)
         t = (kernel - k_lo) / 2.0
-        dilated = (1.0 - t) * _dilate(mask_logits, k_lo) + t * _dilate(mask_logits, k_lo + 2)
+        dilated = (1.0 - t) * dilate(mask_logits, k_lo) + t * dilate(mask_logits, k_lo + 2)
         return dilated, self.training
 
     def _context_map(self, context: ContextFeatures) -> Tensor:
@@ -437,8 +305,8 @@ class RegionAwareIntegration(nn.Module):
         x = class_embed + self.lambda_weight * region
         b, q, d = x.shape
         # Each query is its own sequence of length 1 (SCORE.md 5.3), so attention reduces to its
-        # value path (_single_token_attention): same output, a third fewer matmuls per layer.
-        return _single_token_encoder(self.encoder, x.reshape(b * q, 1, d)).reshape(b, q, d)
+        # value path (score/modeling/single_token_encoder.py): same output, fewer matmuls.
+        return single_token_encoder(self.encoder, x.reshape(b * q, 1, d)).reshape(b, q, d)
 
 
 def build_rai(cfg, embed_dim: int) -> Optional[RegionAwareIntegration]:

@@ -15,7 +15,7 @@ read from the on-disk cache, see :func:`default_cache_dir`).
 separate classes) or a file with one class per line, where a line may list
 synonyms separated by commas (``ship,boat``). :func:`coco_annotations` and
 :func:`draw_instances` turn instances kept as crops
-(:class:`score.predict.tiling.SceneInstance`) into COCO results and overlays.
+(:class:`score.predict.masks.SceneInstance`) into COCO results and overlays.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 
 from ..checkpoint import SCORECheckpointer
 from ..vocabulary import display_name
-from .tiling import BAND_PIXELS, SceneInstance
+from .masks import BAND_PIXELS, SceneInstance
 
 __all__ = [
     "SCOREPredictor",
@@ -161,6 +161,26 @@ class SCOREPredictor:
             ``Instances`` of size (H, W) on the CPU: ``pred_masks`` bool (R, H, W),
             ``pred_boxes``, ``scores``, ``pred_classes`` (indices into ``class_names``).
         """
+        return self._forward(image, vocabulary)["instances"].to("cpu")
+
+    def semantic(self, image: np.ndarray, vocabulary: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Class scores of one image, for the semantic task (a model with MASK_FORMER.TEST.SEMANTIC_ON).
+
+        Args:
+            image, vocabulary: as for ``__call__``.
+
+        Returns:
+            (K, H, W) float32 on the CPU: the score of each of the K classes of
+            ``class_names`` at each pixel (Mask2Former's semantic inference).
+        """
+        if not getattr(self.model, "semantic_on", False):
+            raise ValueError(
+                "the model was built without MODEL.MASK_FORMER.TEST.SEMANTIC_ON: it gives no class scores"
+            )
+        return self._forward(image, vocabulary)["sem_seg"].to("cpu", torch.float32)
+
+    def _forward(self, image: np.ndarray, vocabulary: Optional[Sequence[str]]) -> dict:
+        """The model's output dict on one image (checked, resized to the test size, original size out)."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             shape = getattr(image, "shape", type(image).__name__)
             raise ValueError(f"expected an (H, W, 3) uint8 array, got {shape}")
@@ -174,8 +194,7 @@ class SCOREPredictor:
         resized = self.aug.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         with torch.inference_mode():
-            output = self.model([{"image": tensor, "height": height, "width": width}])[0]
-        return output["instances"].to("cpu")
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]
 
 
 def coco_annotations(

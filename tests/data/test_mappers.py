@@ -210,7 +210,7 @@ def _write_png16(path, height=40, width=50, seed=0):
 
 
 def _percentile_stretch(rgb):
-    """The stretch of score/predict/geo.py written out: per band, 2nd..98th percentile to 0..255, clipped."""
+    """The stretch of score/data/image_io.py written out: per band, 2nd..98th percentile to 0..255."""
     out = np.empty(rgb.shape, dtype=np.uint8)
     for c in range(3):
         low, high = np.percentile(rgb[..., c].astype(np.float64), [2, 98])

@@ -179,6 +179,8 @@ def test_authors_command_line_parses_with_detectron2_parser():
     assert args.config_file == "configs/score_isaid_instance.yaml"  # --config abbreviates --config-file
     assert args.eval_only and args.num_gpus == 1 and args.dist_url == "auto"
     cfg = get_score_cfg()
+    # Other values than the command line's, so that each assertion below can fail.
+    cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_ALPHA = cfg.MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA = 0.9
     cfg.merge_from_list(args.opts)
     assert cfg.OUTPUT_DIR == "out/eval_final/nwpu"
     assert cfg.DATASETS.TEST == ("nwpu_val_instance",)
@@ -299,7 +301,6 @@ def _register_toy(tmp_path, classes):
 
 
 def test_test_switches_vocabulary_per_dataset_and_writes_results(tmp_path):
-    pytest.importorskip("score.modeling.text_classifier")
     train = _register_toy(tmp_path, ["plane", "ship", "storage_tank"])
     first = _register_toy(tmp_path, ["airplane", "ship"])
     second = _register_toy(tmp_path, ["Ship", "harbor", "storage-tank"])
@@ -335,3 +336,45 @@ def test_test_switches_vocabulary_per_dataset_and_writes_results(tmp_path):
         MetadataCatalog.remove(name)
     DatasetCatalog.remove(train)
     MetadataCatalog.remove(train)
+
+
+def test_training_refuses_a_train_vocabulary_other_than_the_training_classes_before_building(
+    tmp_path, monkeypatch
+):
+    train = _register_toy(tmp_path, ["plane", "ship", "storage_tank"])
+    cfg = get_score_cfg()
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.MODEL.SCORE.TRAIN_VOCABULARY = ["plane", "storage tank", "ship"]
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.freeze()
+
+    def build_model(cls, cfg):
+        raise AssertionError("the model was built before the vocabulary was checked")
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
+    with pytest.raises(ValueError, match="at position 1 the vocabulary has 'storage tank', the split 'ship'"):
+        Trainer(cfg)
+    DatasetCatalog.remove(train)
+    MetadataCatalog.remove(train)
+
+
+def test_evaluation_takes_any_train_vocabulary_for_the_seen_flags(tmp_path):
+    train = _register_toy(tmp_path, ["plane", "ship", "storage_tank"])
+    test = _register_toy(tmp_path, ["ship", "harbor"])
+    cfg = get_score_cfg()
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.DATASETS.TEST = (test,)
+    cfg.MODEL.SCORE.TRAIN_VOCABULARY = ["harbor"]  # not the training split's classes
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 24, 32
+    cfg.TEST.COCO_EVAL_BACKEND = "pycocotools"
+    cfg.freeze()
+    model = _VocabularyRecorder()
+    Trainer.test(cfg, model)
+    assert model.calls == [(["ship", "harbor"], ["harbor"])]
+    report = json.loads((tmp_path / "out" / "inference" / test / "results.json").read_text())
+    assert [e["seen"] for e in report["segm"]["per_class"]] == [False, True]
+    for name in (train, test):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -11,15 +11,15 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from score.predict.geo import (
+from score.predict.geojson import (
     FeatureMaker,
-    GeoTiffReader,
     crs_member,
     instance_geometry,
     instances_to_geojson,
     write_geojson,
 )
-from score.predict.tiling import SceneInstance
+from score.predict.geotiff import GeoTiffReader
+from score.predict.masks import SceneInstance
 
 UTM33 = CRS.from_epsg(32633)
 
@@ -135,7 +135,8 @@ def test_crs_member_without_epsg_uses_wkt():
 
 
 def test_reader_windows_bands_and_uint8(tmp_path):
-    data = np.random.default_rng(0).integers(0, 256, size=(4, 40, 60), dtype=np.uint8)
+    # GDAL writes four uint8 bands as RGBA: band 4 is an alpha band, 0 would mark no data.
+    data = np.random.default_rng(0).integers(1, 256, size=(4, 40, 60), dtype=np.uint8)
     with GeoTiffReader(write_tiff(tmp_path / "a.tif", data)) as reader:
         assert (reader.height, reader.width) == (40, 60) and reader.georeferenced
         window = reader.read((10, 5, 30, 25))

@@ -1,4 +1,4 @@
-"""Bit-packed instance masks (score/predict/tiling.py): the same instances, RLEs and polygons as dense masks.
+"""Bit-packed instance masks (score/predict/masks.py): the same instances, RLEs and polygons as dense masks.
 
 The reference for the whole merge is the dense implementation that the packed
 one replaced (each instance held a bool crop, unions built dense masks): the
@@ -18,10 +18,11 @@ from affine import Affine
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
-from score.predict import tiling
-from score.predict.geo import instance_geometry
-from score.predict.streaming import instance_from_record, instance_record
-from score.predict.tiling import SceneInstance, tiled_inference
+from score.predict import masks, merge
+from score.predict.geojson import instance_geometry
+from score.predict.instances import instance_from_record, instance_record
+from score.predict.masks import SceneInstance
+from score.predict.merge import tiled_inference
 
 # sha256 of [[instance_record, area, geometry], ...] of the dense implementation on ragged_scene().
 DENSE_DIGEST = "8998740a44389af028827558c65585de20c52c783648d67f16f8fb443260f340"
@@ -49,7 +50,7 @@ def ragged_predictor(tile: np.ndarray) -> Instances:
 
 @pytest.mark.parametrize("chunk", [1 << 22, 50])
 def test_packed_merge_equals_the_dense_implementation(monkeypatch, chunk):
-    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk)  # 50: unions and RLE in bands of rows / columns
+    monkeypatch.setattr(masks, "RLE_CHUNK_PIXELS", chunk)  # 50: unions and RLE in bands of rows / columns
     scene = ragged_scene()
     height, width = scene.shape[:2]
     # Tiles of 64 px with 13 px overlap: pieces start at columns 51, 102, ... (not byte-aligned).
@@ -70,7 +71,7 @@ def random_instance(rng, box):
 
 @pytest.mark.parametrize("chunk", [1 << 22, 7])
 def test_packed_primitives_equal_dense_arrays(monkeypatch, chunk):
-    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk)
+    monkeypatch.setattr(masks, "RLE_CHUNK_PIXELS", chunk)
     rng = np.random.default_rng(3)
     boxes = [(3, 5, 20, 11), (0, 0, 8, 4), (13, 2, 30, 29), (5, 17, 6, 18), (9, 1, 40, 35)]
     pieces = [random_instance(rng, box) for box in boxes]
@@ -93,7 +94,7 @@ def test_packed_primitives_equal_dense_arrays(monkeypatch, chunk):
         ].decode("ascii")
         back = instance_from_record(json.loads(json.dumps(instance_record(inst))))
         assert np.array_equal(back.bits, inst.bits)
-    union = tiling._union([inst for inst, _ in pieces])
+    union = merge._union([inst for inst, _ in pieces])
     assert union.box == (0, 0, 40, 35)
     assert np.array_equal(union.mask, scene) and union.area == int(scene.sum())
     # Padding bits stay 0, so packed rows can be ORed and counted byte by byte.
@@ -107,7 +108,7 @@ def test_a_mask_must_fit_its_box():
 
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 22])  # 1: one column a chunk, runs joined across chunks
 def test_rle_encoded_chunk_by_chunk_equals_pycocotools(monkeypatch, chunk):
-    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk * 23)
+    monkeypatch.setattr(masks, "RLE_CHUNK_PIXELS", chunk * 23)
     rng = np.random.default_rng(chunk)
     height, width = 23, 31
     for density in [0.0, 0.05, 0.5, 0.95, 1.0]:
@@ -131,4 +132,4 @@ def test_counts_encoded_as_pycocotools_does_for_large_runs():
     expected = mask_util.frPyObjects({"counts": counts, "size": [size, 1]}, size, 1)["counts"]
     values = np.array(counts, dtype=np.int64)
     values[3:] -= values[1:-2]
-    assert tiling._encode_counts(values) == expected
+    assert masks._encode_counts(values) == expected

@@ -255,7 +255,7 @@ def test_tiff_without_crs_and_empty_result_are_explained(predict_tool, tmp_path,
 
 
 def test_16_bit_png_is_stretched_not_saturated(predict_tool, tmp_path):
-    """A 16-bit grey PNG of 12-bit values (0..4095) gets the percentile stretch of score.predict.geo."""
+    """A 16-bit grey PNG of 12-bit values (0..4095) gets the percentile stretch of score.data.image_io."""
     import cv2
 
     values = np.linspace(0, 4095, 60 * 80).reshape(60, 80).astype(np.uint16)

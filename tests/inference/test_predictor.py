@@ -15,7 +15,7 @@ from score.predict.predictor import (
     default_cache_dir,
     draw_instances,
 )
-from score.predict.tiling import SceneInstance
+from score.predict.masks import SceneInstance
 from score.vocabulary import display_name, first_synonym, parse_vocabulary
 from tests.conftest import tiny_cfg
 

@@ -1,4 +1,4 @@
-"""Merged objects kept as pieces in a file (score/predict/tiling.py PieceStore, SpilledInstance).
+"""Merged objects kept as pieces in a file (score/predict/spill.py PieceStore, SpilledInstance).
 
 The reference is the in-memory merge (each merged object holds its packed
 mask): with a store, the merger must find the same objects, with the same
@@ -13,20 +13,16 @@ import pytest
 import rasterio.features
 from affine import Affine
 
-from score.predict import tiling
-from score.predict.geo import FeatureMaker, instance_geometry
+from score.predict import merge as merge_module
+from score.predict import masks, spill
+from score.predict.geojson import FeatureMaker, instance_geometry
+from score.predict.instances import InstanceSink, instance_from_record, instance_record
+from score.predict.masks import SceneInstance
+from score.predict.merge import TileMerger, instances_to_scene, tiled_inference
 from score.predict.predictor import _reduced_mask
-from score.predict.streaming import SceneStream, instance_from_record, instance_record, predict_tiles
-from score.predict.tiling import (
-    ArrayReader,
-    PieceStore,
-    SceneInstance,
-    SpilledInstance,
-    TileMerger,
-    instances_to_scene,
-    tile_windows,
-    tiled_inference,
-)
+from score.predict.scene import SceneEngine, predict_tiles
+from score.predict.spill import PieceStore, SpilledInstance
+from score.predict.windows import ArrayReader, hull, intersect, near, tile_windows
 from tests.inference.test_packed_masks import ragged_predictor, ragged_scene
 from tests.inference.test_streaming import Interrupt, interrupting
 
@@ -55,7 +51,8 @@ def piece(window, x0, y0, x1, y1):
 
 @pytest.mark.parametrize("chunk", [1 << 22, 50])
 def test_spilled_merge_equals_the_in_memory_merge(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk)
+    for module in (masks, spill):
+        monkeypatch.setattr(module, "RLE_CHUNK_PIXELS", chunk)
     scene = ragged_scene()
     height, width = scene.shape[:2]
     # 64 px tiles, 13 px overlap: pieces overlap each other and start off byte boundaries.
@@ -76,7 +73,7 @@ def test_spilled_merge_equals_the_in_memory_merge(tmp_path, monkeypatch, chunk):
         assert instance_geometry(a, Affine.identity()) == instance_geometry(b, Affine.identity())
         for region in [(0, 0, 5, 5), (40, 30, 120, 77), (-3, 190, 60, 210)]:
             assert np.array_equal(a.region(*region), b.region(*region))
-        assert a.windows_near((60, 60, 70, 70)) == [w for w in a.windows if tiling._near(w, (60, 60, 70, 70))]
+        assert a.windows_near((60, 60, 70, 70)) == [w for w in a.windows if near(w, (60, 60, 70, 70))]
         back = instance_from_record(json.loads(json.dumps(instance_record(a))), store)
         assert dense(back) == dense(a)
 
@@ -105,17 +102,20 @@ def test_a_chain_across_three_tiles_spilled(tmp_path):
 
 
 def open_stream(folder, windows, scene):
-    return SceneStream(
+    sink = InstanceSink(
         str(folder),
         "ragged",
         image_id="ragged.tif",
         height=scene.shape[0],
         width=scene.shape[1],
-        windows=windows,
         class_names=CLASSES,
-        key={"scene": "ragged"},
         features=FeatureMaker(CLASSES, transform=Affine.identity(), crs=None),
         canvas=lambda: (scene[::2, ::2].copy(), 0.5),
+    )
+    size = dict(height=scene.shape[0], width=scene.shape[1])
+    key = {"scene": "ragged"}
+    return SceneEngine(
+        str(folder), "ragged", sink=sink, image_id="ragged.tif", **size, windows=windows, key=key
     )
 
 
@@ -164,18 +164,18 @@ def test_streamed_ragged_scene_equals_the_in_memory_merge_and_resumes(tmp_path, 
 @pytest.mark.parametrize("cell", [1, 7, 256])
 def test_box_grid_finds_the_boxes_near_a_box(cell):
     rng = np.random.default_rng(cell)
-    grid, boxes = tiling._BoxGrid(cell), []
+    grid, boxes = spill._BoxGrid(cell), []
     for x, y, w, h in rng.integers(0, 60, (200, 4)):
         boxes.append((int(x), int(y), int(x + w // 3 + 1), int(y + h // 3 + 1)))
         grid.add(boxes[-1])
     for x, y, w, h in rng.integers(-5, 70, (100, 4)):
         query = (int(x), int(y), int(x + abs(w) // 4), int(y + abs(h) // 4))
-        assert grid.near(query) == [i for i, b in enumerate(boxes) if tiling._near(b, query)]
+        assert grid.near(query) == [i for i, b in enumerate(boxes) if near(b, query)]
 
 
 @pytest.mark.parametrize("spill", [False, True])
 def test_share_a_window_equals_the_intersection_of_the_window_sets(tmp_path, spill):
-    """Chains of thousands of windows are compared by corner first (tiling._share_a_window)."""
+    """Chains of thousands of windows are compared by corner first (merge_module._share_a_window)."""
     rng = np.random.default_rng(3)
     grid = [(x, y, x + 256, y + 256) for y in range(0, 24000, 192) for x in range(0, 24000, 192)]
     store = PieceStore(str(tmp_path / "pieces.bin"))
@@ -196,14 +196,14 @@ def test_share_a_window_equals_the_intersection_of_the_window_sets(tmp_path, spi
         cases.append((a, [(x0, y0, x1 + 1, y1) for x0, y0, x1, y1 in a]))
     for a, b in cases:
         expected = bool(set(a) & set(b))
-        assert tiling._share_a_window(chain(a), chain(b)) == expected
-        assert tiling._share_a_window(chain(b), chain(a)) == expected
+        assert merge_module._share_a_window(chain(a), chain(b)) == expected
+        assert merge_module._share_a_window(chain(b), chain(a)) == expected
     assert sum(bool(set(a) & set(b)) for a, b in cases) == 4
 
 
 def reference_ratio(a, b, window, shape):
     """The match ratio of TileMerger's docstring, on whole masks (padded by 1 px for the lines outside)."""
-    if a.category != b.category or not tiling._near(a.box, b.box) or window in a.windows:
+    if a.category != b.category or not near(a.box, b.box) or window in a.windows:
         return 0.0
     pad = [np.pad(i.to_full_mask(*shape), 1) for i in (a, b)]
 
@@ -215,7 +215,7 @@ def reference_ratio(a, b, window, shape):
         return common / min(p, q) if min(p, q) > 0 else 0.0
 
     best = 0.0
-    region = tiling._intersect(window, tiling._hull([a.box, b.box]))
+    region = intersect(window, hull([a.box, b.box]))
     if region[0] < region[2] and region[1] < region[3]:
         seen = np.zeros_like(pad[0])
         for w in a.windows:
@@ -226,7 +226,7 @@ def reference_ratio(a, b, window, shape):
         a_seen, b_seen = pad[0] & seen & inside, pad[1] & seen & inside
         best = ratio(np.count_nonzero(a_seen & b_seen), np.count_nonzero(a_seen), np.count_nonzero(b_seen))
     for (p, p_box, p_windows), (q, q_box) in [
-        ((pad[0], a.box, [w for w in a.windows if tiling._near(w, b.box)]), (pad[1], b.box)),
+        ((pad[0], a.box, [w for w in a.windows if near(w, b.box)]), (pad[1], b.box)),
         ((pad[1], b.box, [window]), (pad[0], a.box)),
     ]:
         for x0, y0, x1, y1 in p_windows:
@@ -237,7 +237,7 @@ def reference_ratio(a, b, window, shape):
                 ((x0, y0, x1, y0 + 1), (x0, y0 - 1, x1, y0)),
             ]
             for inner, outer in sides:
-                if tiling._near(p_box, inner) and tiling._near(q_box, outer):
+                if near(p_box, inner) and near(q_box, outer):
                     p_line, q_line = at(p, inner).ravel(), at(q, outer).ravel()
                     common = np.count_nonzero(p_line & q_line)
                     best = max(best, ratio(common, np.count_nonzero(p_line), np.count_nonzero(q_line)))
@@ -246,7 +246,7 @@ def reference_ratio(a, b, window, shape):
 
 @pytest.mark.parametrize("spill", [False, True])
 def test_match_ratios_of_a_tile_equal_their_definition_on_whole_masks(tmp_path, spill):
-    """The merger reads each held object once per tile (tiling._Remembered): the ratios are the same."""
+    """The merger reads each held object once per tile (merge_module._Remembered): the ratios are the same."""
     scene = ragged_scene()
     shape = scene.shape[:2]
     merger = TileMerger(store=PieceStore(str(tmp_path / "pieces.bin")) if spill else None)
@@ -254,9 +254,9 @@ def test_match_ratios_of_a_tile_equal_their_definition_on_whole_masks(tmp_path, 
     for window in tile_windows(*shape, 64, 13):
         tile = scene[window[1] : window[3], window[0] : window[2]]
         pieces = instances_to_scene(ragged_predictor(tile), window)
-        views = [tiling._Remembered(p, keep_crop=True) for p in pieces]
+        views = [merge_module._Remembered(p, keep_crop=True) for p in pieces]
         for _, held in merger.held:
-            got = merger._match_ratios(tiling._Remembered(held), views, window)
+            got = merger._match_ratios(merge_module._Remembered(held), views, window)
             assert got == pytest.approx([reference_ratio(held, p, window, shape) for p in pieces], abs=0)
             checked += sum(r > 0 for r in got)
         merger.add(window, pieces)

@@ -1,4 +1,5 @@
-"""score/predict/streaming.py: streamed outputs equal the in-memory merge, bounded working set, resume."""
+"""The scene engine with the instance sink (score/predict/scene.py, instances.py): streamed outputs equal
+the in-memory merge, bounded working set, resume."""
 
 import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
 import json
@@ -10,17 +11,12 @@ import torch
 from affine import Affine
 from detectron2.structures import Instances
 
-from score.predict.geo import FeatureMaker, instances_to_geojson
-from score.predict.streaming import (
-    SceneStream,
-    instance_from_record,
-    instance_record,
-    predict_tiles,
-    row_starts,
-    write_coco_results,
-    write_feature_collection,
-)
-from score.predict.tiling import ArrayReader, SceneInstance, instances_to_scene, tile_windows, tiled_inference
+from score.predict.geojson import FeatureMaker, instances_to_geojson, write_feature_collection
+from score.predict.instances import InstanceSink, instance_from_record, instance_record, write_coco_results
+from score.predict.masks import SceneInstance
+from score.predict.merge import tiled_inference
+from score.predict.scene import SceneEngine, predict_tiles
+from score.predict.windows import ArrayReader, row_starts, tile_windows
 
 CLASSES = ["red thing", "green thing"]
 
@@ -73,19 +69,21 @@ def interrupting(predict, after: int):
 
 
 def open_stream(tmp, windows, key=None, features=True, canvas=True, **kwargs):
+    """The engine of the blob scene with an instance sink."""
     scene = SCENE
-    return SceneStream(
+    size = dict(height=scene.shape[0], width=scene.shape[1])
+    sink = InstanceSink(
         str(tmp),
         "scene",
         image_id="scene.png",
-        height=scene.shape[0],
-        width=scene.shape[1],
-        windows=windows,
+        **size,
         class_names=CLASSES,
-        key=key or {"scene": "blobs", "vocabulary": CLASSES},
         features=FeatureMaker(CLASSES, transform=Affine.identity(), crs=None) if features else None,
         canvas=(lambda: (scene[::2, ::2].copy(), 0.5)) if canvas else None,
-        **kwargs,
+    )
+    key = key or {"scene": "blobs", "vocabulary": CLASSES}
+    return SceneEngine(
+        str(tmp), "scene", sink=sink, image_id="scene.png", **size, windows=windows, key=key, **kwargs
     )
 
 
@@ -142,7 +140,7 @@ def test_streamed_outputs_equal_the_in_memory_merge(tmp_path):
     records = [json.loads(line) for line in lines(tmp_path / "scenes" / "scene" / "detections.jsonl")]
     got = sorted((r["category_id"], r["score"], r["bbox"], r["segmentation"]["counts"]) for r in records)
     assert got == coco_of(expected, 200, 200)
-    assert stream.detections == len(expected)
+    assert stream.sink.detections == len(expected)
 
     features = [json.loads(line) for line in lines(tmp_path / "geojson" / "scene.geojsonl")]
     collection = json.loads((tmp_path / "geojson" / "scene.geojson").read_text())
@@ -153,7 +151,7 @@ def test_streamed_outputs_equal_the_in_memory_merge(tmp_path):
 
     progress = [json.loads(line) for line in lines(tmp_path / "scenes" / "scene" / "progress.jsonl")]
     assert [p["tile"] for p in progress] == list(range(len(WINDOWS)))
-    assert sum(p["detections"] for p in progress) == stream.tile_detections
+    assert sum(p["detections"] for p in progress) == stream.sink.tile_detections
     manifest = json.loads((tmp_path / "scenes" / "scene" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["rows_done"] == 4
     assert sorted(p.name for p in (tmp_path / "scenes" / "scene").iterdir()) == [
@@ -171,14 +169,14 @@ def test_only_pieces_reaching_the_current_row_are_held(tmp_path):
     folder = tmp_path / "scenes" / "scene"
     written = []
     for index, window in enumerate(WINDOWS):
-        stream.add(index, instances_to_scene(blob_predictor(reader.read(window)), window))
+        stream.add(index, stream.sink.tile(window, blob_predictor(reader.read(window))))
         if index in stream.rows[1:]:  # the checkpoint before this row has just been written
             row, top = stream.rows.index(index), window[1]
             held = [json.loads(line)["instance"] for line in lines(folder / f"held.{row}.jsonl")]
             assert held and all(h["box"][3] >= top for h in held)  # each may still join this row
             records = [json.loads(line) for line in lines(folder / "detections.jsonl")]
             assert all(r["bbox"][1] + r["bbox"][3] < top for r in records)  # final: above this row
-            assert len(records) == stream.detections
+            assert len(records) == stream.sink.detections
             written.append(len(records))
             assert sorted(p.name for p in folder.glob("held.*")) == [f"held.{row}.jsonl"]
     assert written == sorted(written) and written[-1] > written[0] > 0
@@ -212,7 +210,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, after):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
     again = open_stream(out, WINDOWS)  # a finished scene is not predicted again
-    assert again.complete and again.detections == resumed.detections
+    assert again.complete and again.sink.detections == resumed.sink.detections
 
 
 def interrupt_after_six_tiles(out):
@@ -237,7 +235,7 @@ def test_partial_output_of_another_run(tmp_path):
 def test_tiles_out_of_order_are_refused(tmp_path):
     stream = open_stream(tmp_path, WINDOWS, canvas=False)
     with pytest.raises(ValueError, match="tile 1 given, tile 0 expected"):
-        stream.add(1, [])
+        stream.add(1, ([], None))
 
 
 def test_coco_results_join_numbers_the_annotations(tmp_path):
@@ -259,7 +257,7 @@ def test_partial_output_of_an_older_manifest_version_is_started_over_with_a_warn
     manifest = tmp_path / "scenes" / "scene" / "manifest.json"
     old = {**json.loads(manifest.read_text()), "version": 1}
     manifest.write_text(json.dumps(old))
-    with caplog.at_level("WARNING", logger="score.predict.streaming"):
+    with caplog.at_level("WARNING", logger="score.predict.scene"):
         fresh = open_stream(tmp_path, WINDOWS)
     assert fresh.start_tile == 0 and not fresh.resumed
     assert any(str(manifest) in r.getMessage() and "version 1" in r.getMessage() for r in caplog.records)

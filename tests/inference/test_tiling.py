@@ -13,15 +13,10 @@ import torch
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 
-from score.predict import tiling
-from score.predict.tiling import (
-    ArrayReader,
-    SceneInstance,
-    TileMerger,
-    instances_to_scene,
-    tile_windows,
-    tiled_inference,
-)
+from score.predict import masks as masks_module
+from score.predict.masks import SceneInstance
+from score.predict.merge import TileMerger, instances_to_scene, tiled_inference
+from score.predict.windows import ArrayReader, tile_windows
 
 
 class LabelPredictor:
@@ -167,7 +162,7 @@ def test_instances_keep_cropped_masks_only():
 @pytest.mark.parametrize("chunk", [1 << 22, 7])
 @pytest.mark.parametrize("box", [(20, 7, 29, 20), (20, 0, 29, 31)])
 def test_coco_rle_from_the_crop_equals_pycocotools_on_the_full_mask(monkeypatch, chunk, box):
-    monkeypatch.setattr(tiling, "_RLE_CHUNK_PIXELS", chunk)  # 7: one column per chunk
+    monkeypatch.setattr(masks_module, "RLE_CHUNK_PIXELS", chunk)  # 7: one column per chunk
     x0, y0, x1, y1 = box
     rng = np.random.default_rng(0)
     crop = rng.random((y1 - y0, x1 - x0)) > 0.4

@@ -11,10 +11,7 @@ from score.modeling.context.remoteclip import RemoteCLIPContextEncoder
 
 KEY_LIST = Path(__file__).resolve().parents[1] / "data_files" / "official_state_dict_keys.txt"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not KEY_LIST.is_file(), reason=f"authors' key list not found at {KEY_LIST}"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,21 @@ def test_mha_equals_value_and_output_projections():
     assert not torch.allclose(deltas[0, 0], deltas[1, 0])
 
 
+def test_mha_agrees_with_the_authors_repeated_key_value_to_rounding():
+    # The authors' key/value is g repeated once per text row, (B, N, D); ours is the
+    # one row (B, 1, D). Same attention output in exact arithmetic, other last bits
+    # (docs/DESIGN.md, "Numeric differences").
+    gca = GlobalContextAdaptation(embed_dim=D, mode="mha", nheads=4)
+    text, global_embed = classifier(40), torch.randn(2, D)
+    g = F.normalize(global_embed, dim=-1)
+    one_row, _ = gca.attn(text[None].expand(2, -1, -1), g[:, None], g[:, None], need_weights=False)
+    repeated = g[:, None].repeat(1, len(text), 1)
+    authors, _ = gca.attn(text[None].expand(2, -1, -1), repeated, repeated, need_weights=False)
+    out = gca(text, global_embed)
+    assert torch.equal(out, text[None] + one_row)
+    torch.testing.assert_close(out, text[None] + authors, rtol=0, atol=1e-6)
+
+
 def test_mha_gradients_skip_query_and_key_projections():
     gca = GlobalContextAdaptation(embed_dim=D, mode="mha", nheads=4)
     out = gca(classifier(), torch.randn(2, D))

@@ -7,13 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from score.config import get_score_cfg
-from score.modeling.rai import (
-    RegionAwareIntegration,
-    _mix_dilations,
-    _MixedDilation,
-    build_rai,
-    mix_dilations,
-)
+from score.modeling.dilation import _mix_dilations, _MixedDilation
+from score.modeling.rai import RegionAwareIntegration, build_rai
 
 D = 16
 KERNELS = (3, 5, 7, 9, 11, 13)
@@ -419,70 +414,7 @@ def test_summary_scalars():
     assert paper["rai/kernel"] == pytest.approx(5.5) and paper["rai/delta"] == pytest.approx(2.5)
 
 
-def test_separable_and_chained_dilation_equal_direct_max_pool():
-    from score.modeling.rai import _dilate, _dilate_all
-
-    torch.manual_seed(0)
-    masks = torch.randn(2, 3, 17, 23)
-    kernels = [3, 5, 7, 9, 11, 13]
-    direct = [F.max_pool2d(masks, kernel_size=k, stride=1, padding=k // 2) for k in kernels]
-    for k, expected in zip(kernels, direct):
-        assert torch.equal(_dilate(masks, k), expected)
-    for got, expected in zip(
-        _dilate_all(masks, [7, 3, 13, 5, 11, 9]), [direct[i] for i in (2, 0, 5, 1, 4, 3)]
-    ):
-        assert torch.equal(got, expected)
-
-
 # ---------------------------------------------------------------- low-memory Gumbel mixture
-
-
-def _mixture_inputs(seed: int = 0):
-    torch.manual_seed(seed)
-    mask = torch.randn(2, 3, 17, 13, requires_grad=True)
-    weights = torch.rand(6).softmax(0).requires_grad_(True)
-    return mask, weights
-
-
-def test_mixed_dilation_matches_reference_and_max_pool2d():
-    kernels = (3, 5, 7, 9, 11, 13)
-    mask, weights = _mixture_inputs()
-    upstream = torch.randn(2, 3, 17, 13)
-    reference = _mix_dilations(mask, weights, kernels)
-    ref_grads = torch.autograd.grad(reference, [mask, weights], upstream)
-    got = mix_dilations(mask, weights, kernels)
-    new_grads = torch.autograd.grad(got, [mask, weights], upstream)
-    assert torch.equal(got, reference)
-    for new, ref in zip(new_grads, ref_grads):
-        torch.testing.assert_close(new, ref, rtol=1e-6, atol=1e-6)
-    pooled = sum(w * F.max_pool2d(mask, k, stride=1, padding=k // 2) for w, k in zip(weights, kernels))
-    pool_grads = torch.autograd.grad(pooled, [mask, weights], upstream)
-    torch.testing.assert_close(got, pooled)
-    for new, ref in zip(new_grads, pool_grads):
-        torch.testing.assert_close(new, ref)
-
-
-def test_mixed_dilation_keeps_only_its_inputs_for_backward():
-    kernels = (3, 5, 7, 9, 11, 13)
-    mask, weights = _mixture_inputs()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        mix_dilations(mask, weights, kernels)
-    assert sum(saved) == mask.numel() + weights.numel()
-    saved.clear()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        _mix_dilations(mask, weights, kernels)
-    assert sum(saved) > 10 * mask.numel()
-
-
-def test_mixed_dilation_gradient_to_one_input_only():
-    mask, weights = _mixture_inputs()
-    (grad_mask,) = torch.autograd.grad(mix_dilations(mask, weights.detach(), (3, 7)).sum(), [mask])
-    (ref,) = torch.autograd.grad(_mix_dilations(mask, weights.detach(), (3, 7)).sum(), [mask])
-    torch.testing.assert_close(grad_mask, ref, rtol=1e-6, atol=1e-6)
-    (grad_w,) = torch.autograd.grad(mix_dilations(mask.detach(), weights, (3, 7)).sum(), [weights])
-    (ref_w,) = torch.autograd.grad(_mix_dilations(mask.detach(), weights, (3, 7)).sum(), [weights])
-    torch.testing.assert_close(grad_w, ref_w, rtol=1e-6, atol=1e-6)
 
 
 def test_gumbel_phase_uses_the_low_memory_mixture(monkeypatch):

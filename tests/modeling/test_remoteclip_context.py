@@ -14,6 +14,7 @@ from score.modeling.context.remoteclip import (
     resolve_context_dtype,
     value_only_block,
 )
+from score.modeling.open_vocab import mask_pool
 from score.modeling.tiny_clip import TINY_CONVNEXT, TINY_VIT
 
 B = 2
@@ -113,6 +114,29 @@ def test_fp16_and_fp32_towers_agree(weights_file):
     for a, b in [(full.global_embed, half.global_embed), (full.dense, half.dense)]:
         torch.testing.assert_close(b.float(), a, atol=1e-2, rtol=1e-2)
         assert F.cosine_similarity(b.float().flatten(1), a.flatten(1)).min() > 0.999
+
+
+def _authors_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """The authors' dense map: (B, 1 + h * w, D) tokens without [CLS], viewed as (B, h, w, D), permuted."""
+    return tokens[:, 1:].reshape(tokens.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_dense_maps_pool_as_the_authors_permuted_view(weights_file, dtype):
+    # Same values in another memory layout pool to other last bits: the einsum of
+    # mask_pool sums in a layout-dependent order. On some CPUs float16 pools both
+    # layouts alike; float32 at this width (D = 64) and few queries does not.
+    encoder = make_encoder(weights_file, dtype=dtype, patch_layers=[1])
+    features = encoder(_images())
+    masks = torch.randn(B, 4, 40, 40, generator=torch.Generator().manual_seed(1))
+    for got in (features.dense, features.patch_layers[1]):
+        tokens = torch.cat([torch.zeros_like(got[:, :, 0, :1]), got.flatten(2)], dim=-1).transpose(1, 2)
+        reference = _authors_map(tokens.contiguous(), grid=16)
+        assert torch.equal(got, reference)
+        assert got.stride() == reference.stride() and not got.is_contiguous()
+        assert torch.equal(mask_pool(got, masks), mask_pool(reference, masks))
+        soft = mask_pool(got.float(), masks, soft_slope=10.0)
+        assert torch.equal(soft, mask_pool(reference.float(), masks, soft_slope=10.0))
 
 
 def test_output_keeps_tower_dtype_under_autocast(encoder):

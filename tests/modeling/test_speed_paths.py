@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from score.modeling.rai import RegionAwareIntegration, _single_token_encoder
+from score.modeling.rai import RegionAwareIntegration
+from score.modeling.single_token_encoder import single_token_attention, single_token_encoder
 
 
 def _encoder(dropout: float = 0.0, layers: int = 2) -> nn.TransformerEncoder:
@@ -23,7 +24,7 @@ def test_single_token_encoder_matches_transformer_encoder(training):
     encoder = _encoder().train(training)
     x = torch.randn(12, 1, 16, requires_grad=True)
     expected = encoder(x)
-    got = _single_token_encoder(encoder, x)
+    got = single_token_encoder(encoder, x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
     grad = torch.randn_like(expected)
@@ -42,10 +43,8 @@ def test_single_token_attention_dropout_drops_whole_heads():
     torch.manual_seed(0)
     encoder = _encoder(dropout=0.5, layers=1).train()
     attn = encoder.layers[0].self_attn
-    from score.modeling.rai import _single_token_attention
-
     x = torch.randn(400, 1, 16)
-    out = _single_token_attention(attn, x)
+    out = single_token_attention(attn, x)
     # Undo the output projection: each head's 4 values are either all dropped or all scaled by 2.
     value = torch.nn.functional.linear(x, attn.in_proj_weight[32:], attn.in_proj_bias[32:])
     recovered = torch.linalg.solve(attn.out_proj.weight, (out - attn.out_proj.bias).squeeze(1).T).T
@@ -141,24 +140,6 @@ def test_frozen_towers_autocast_rejects_unknown_modes():
 
     with pytest.raises(ValueError, match="FROZEN_TOWERS_AUTOCAST must be one of"):
         build_model(tiny_cfg("MODEL.SCORE.FROZEN_TOWERS_AUTOCAST", "fp8"))
-
-
-@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9, 11, 13, 15])
-@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 2, 4, 5)])
-def test_dilation_equals_max_pool_values_and_gradient(kernel, shape):
-    from score.modeling.rai import _dilate
-
-    torch.manual_seed(kernel)
-    x = torch.randn(shape, requires_grad=True)
-    if min(shape[-2:]) + 2 * (kernel // 2) < kernel:
-        pytest.skip("max_pool2d needs the padded input to hold a window")
-    reference = torch.nn.functional.max_pool2d(x, kernel, stride=1, padding=kernel // 2)
-    fast = _dilate(x, kernel)
-    assert torch.equal(fast, reference)
-    grad = torch.randn_like(reference)
-    (ref_grad,) = torch.autograd.grad(reference, x, grad)
-    (fast_grad,) = torch.autograd.grad(fast, x, grad)
-    torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("training", [False, True])

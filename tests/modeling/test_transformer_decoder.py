@@ -339,3 +339,30 @@ def test_fused_attention_key_reaches_every_layer_and_runs():
         explicit, fused = (decoder(x, mask_features, classifier, NUM_SYNONYMS) for decoder in decoders)
     torch.testing.assert_close(fused["pred_logits"], explicit["pred_logits"], atol=1e-4, rtol=1e-4)
     assert torch.isfinite(fused["pred_masks"]).all()
+
+
+def _dropout_rates(module: nn.Module, skip: str = "") -> set:
+    """Rates of the nn.Dropout and nn.MultiheadAttention modules of ``module``, but those under ``skip``."""
+    rates = set()
+    for name, m in module.named_modules():
+        if skip and name.startswith(skip):
+            continue
+        if isinstance(m, nn.Dropout):
+            rates.add(m.p)
+        elif isinstance(m, nn.MultiheadAttention):
+            rates.add(m.dropout)
+    return rates
+
+
+@pytest.mark.parametrize("dropout", [get_score_cfg().MODEL.MASK_FORMER.DROPOUT, 0.3])
+def test_decoder_has_no_dropout_and_mask_former_dropout_is_the_pixel_decoders(dropout):
+    """As in Mask2Former: MASK_FORMER.DROPOUT reaches the deformable encoder only."""
+    from detectron2.modeling import build_model
+
+    from tests.conftest import tiny_cfg
+
+    assert dropout > 0
+    model = build_model(tiny_cfg("MODEL.MASK_FORMER.DROPOUT", str(dropout)))
+    # RAI's integration layers have their own key (MODEL.SCORE.RAI.DROPOUT).
+    assert _dropout_rates(model.sem_seg_head.predictor, skip="rai") == {0.0}
+    assert _dropout_rates(model.sem_seg_head.pixel_decoder) == {dropout}

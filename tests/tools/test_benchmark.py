@@ -1,4 +1,4 @@
-"""tools/benchmark.py on the tiny model: one repeat at a tiny size (a smoke test, no timing assertions)."""
+"""tools/bench/benchmark.py on the tiny model: one repeat at a tiny size (smoke test, no timing asserts)."""
 
 import os
 
@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def benchmark():
-    return load_script("tools/benchmark.py")
+    return load_script("tools/bench/benchmark.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""tools/compare_checkouts.py with --trained: the named weights and vocabulary are the ones run."""
+"""tools/bench/compare_checkouts.py with --trained: the named weights and vocabulary are the ones run."""
 
 import json
 import os
@@ -39,7 +39,7 @@ def test_trained_mode_loads_the_weights_and_encodes_the_vocabulary(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "tools/compare_checkouts.py",
+            "tools/bench/compare_checkouts.py",
             "--trained",
             "--repeats",
             "2",
@@ -94,7 +94,7 @@ def test_trained_mode_loads_the_weights_and_encodes_the_vocabulary(tmp_path):
 
 def test_no_timed_forward_is_refused_before_any_model_is_built(tmp_path):
     done = subprocess.run(
-        [sys.executable, "tools/compare_checkouts.py", "--variant", f"a={REPO}", "--repeats", "0"]
+        [sys.executable, "tools/bench/compare_checkouts.py", "--variant", f"a={REPO}", "--repeats", "0"]
         + ["--output", str(tmp_path / "report")],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -90,7 +90,6 @@ def test_collect_results_missing_target_is_an_error(tmp_path):
     ],
 )
 def test_ensemble_exponents_prints_the_authors_values(train, target, expected, capsys):
-    pytest.importorskip("score.data.datasets")
     _load_tool("ensemble_exponents").main([train, target])
     out = capsys.readouterr().out
     assert out == expected + "\n"
@@ -114,3 +113,61 @@ def test_ensemble_exponents_cli_fails_on_unknown_pair():
     )
     assert done.returncode != 0
     assert "No ensemble exponents" in done.stderr
+
+
+def test_collect_results_builds_the_table_a_row_from_miou(tmp_path):
+    collect = _load_tool("collect_results").collect
+    for target, miou, seen, unseen in (("flair", 30.0, 50.0, 28.0), ("floodnet", 40.0, 60.0, 20.0)):
+        folder = tmp_path / "eval_final" / target / "inference" / f"{target}_val_sem_seg"
+        folder.mkdir(parents=True)
+        result = {"sem_seg": {"mIoU": miou, "seen": {"mIoU": seen}, "unseen": {"mIoU": unseen}}}
+        (folder / "results.json").write_text(json.dumps(result))
+    table = collect(str(tmp_path / "eval_final"), ["flair", "floodnet"], name="run", task="sem_seg")
+    header, _, row = table.splitlines()
+    assert header.split(" | ")[1:4] == ["flair", "floodnet", "average"]
+    assert row.split(" | ")[1:4] == ["30.00", "40.00", "35.00"]
+    assert "mean seen" in header and "55.00" in row and "24.00" in row
+
+
+def _run_eval_script(tmp_path, run_dir, **env):
+    """eval_isaid.sh with a stand-in PYTHON that logs each command line instead of running it."""
+    log = tmp_path / "commands.txt"
+    log.write_text("")
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> "{log}"\n'
+        'case "$1" in *ensemble_exponents.py) echo "0.4 0.4" ;; esac\n'
+    )
+    fake.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    env = {**base, "PYTHON": str(fake), "TARGETS": "nwpu", **env}
+    done = subprocess.run(
+        ["bash", os.path.join(REPO, "eval_isaid.sh"), str(run_dir)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    train_net = [line.split() for line in log.read_text().splitlines() if "train_net.py" in line]
+    assert len(train_net) == 1
+    config = train_net[0][train_net[0].index("--config") + 1]
+    return config, done.stdout.splitlines()[0]
+
+
+def test_eval_script_uses_the_run_folders_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: SCORE\n")
+    config, first_line = _run_eval_script(tmp_path, run_dir)
+    assert config == str(run_dir / "config.yaml")
+    assert str(run_dir / "config.yaml") in first_line
+
+
+def test_eval_script_falls_back_to_the_recipe_and_obeys_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # no config.yaml: a run folder holding only weights
+    config, first_line = _run_eval_script(tmp_path, run_dir)
+    assert config == "configs/score_isaid_instance.yaml"
+    assert "configs/score_isaid_instance.yaml" in first_line
+    (run_dir / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: SCORE\n")
+    config, first_line = _run_eval_script(tmp_path, run_dir, CONFIG="configs/tiny/score_tiny_isaid.yaml")
+    assert config == "configs/tiny/score_tiny_isaid.yaml"
+    assert "configs/tiny/score_tiny_isaid.yaml" in first_line

@@ -1,4 +1,4 @@
-"""tools/gpu_check.py: the bf16 comparison's verdicts and the AMP verdict, on hand-made outputs."""
+"""tools/bench/gpu_check.py: the bf16 comparison's verdicts and the AMP verdict, on hand-made outputs."""
 
 import os
 
@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    return load_script("tools/gpu_check.py")
+    return load_script("tools/bench/gpu_check.py")
 
 
 def _outputs(logits):

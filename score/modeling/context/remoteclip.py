@@ -248,8 +248,13 @@ class RemoteCLIPContextEncoder(nn.Module):
 
     @staticmethod
     def _to_map(patch_tokens: Tensor, grid_h: int, grid_w: int) -> Tensor:
-        """(B, h * w, D) -> (B, D, h, w)."""
-        return patch_tokens.transpose(1, 2).reshape(patch_tokens.shape[0], -1, grid_h, grid_w).contiguous()
+        """(B, h * w, D) -> (B, D, h, w), a permuted view of the tokens, not a contiguous copy.
+
+        The authors pool this view; a contiguous copy holds the same values, but
+        the pooling einsum then sums them in another order and rounds differently
+        in the last bit (docs/DESIGN.md, "Numeric differences").
+        """
+        return patch_tokens.reshape(patch_tokens.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def encode_text(self, prompts: List[str]) -> Tensor:

@@ -48,7 +48,7 @@ _QUERIES_PER_CHUNK = 512
 
 
 # Left out of torch.compile (MODEL.SCORE.COMPILE_AT_INFERENCE): inductor's own grid_sample made
-# the compiled pixel decoder about 5 times slower on CPU (docs/PERFORMANCE.md, "torch.compile").
+# the compiled pixel decoder about 5 times slower on CPU (docs/BENCHMARKS.md).
 @torch.compiler.disable
 def ms_deform_attn_core_pytorch(
     value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor

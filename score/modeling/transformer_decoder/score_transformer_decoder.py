@@ -200,13 +200,13 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
         dim_feedforward: int,
         dec_layers: int,
         pre_norm: bool,
-        dropout: float,
         mask_dim: int,
         enforce_input_project: bool,
         embed_dim: int,
         logit_scale_init: float = math.log(1 / 0.07),
         rai: Optional[nn.Module] = None,
         fused_attention: bool = False,
+        dropout: float = 0.0,
     ):
         """
         Args:
@@ -218,7 +218,6 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
             dec_layers: number of decoder layers (the config's DEC_LAYERS - 1: one
                 prediction is made on the initial queries).
             pre_norm: pre-norm layers instead of post-norm.
-            dropout: dropout of the attention and FFN layers.
             mask_dim: channels of ``mask_features`` (the mask MLP's output width).
             enforce_input_project: add 1x1 input projections even when in_channels == hidden_dim.
             embed_dim: width D of the class embeddings (the CLIP joint space).
@@ -227,6 +226,7 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
                 (B, Q, H/4, W/4), context) -> (B, Q, D)``; None skips it.
             fused_attention: PyTorch's fused attention (``need_weights=False``) in the
                 cross- and self-attention instead of the authors' explicit softmax.
+            dropout: dropout of the attention and FFN layers.
         """
         super().__init__()
         if mask_dim != hidden_dim:
@@ -285,13 +285,15 @@ class SCOREMultiScaleMaskedTransformerDecoder(nn.Module):
             "dim_feedforward": mf.DIM_FEEDFORWARD,
             "dec_layers": mf.DEC_LAYERS - 1,
             "pre_norm": mf.PRE_NORM,
-            "dropout": mf.DROPOUT,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "embed_dim": embed_dim,
             "logit_scale_init": cfg.MODEL.SCORE.LOGIT_SCALE_INIT,
             "rai": build_rai(cfg, embed_dim),
             "fused_attention": cfg.MODEL.SCORE.DECODER_FUSED_ATTENTION,
+            # Mask2Former, FC-CLIP and the authors build the decoder without dropout;
+            # MASK_FORMER.DROPOUT is the pixel decoder's.
+            "dropout": 0.0,
         }
 
     def forward(
