@@ -68,7 +68,7 @@ def run_whole(scene: str, output: str, args) -> dict:
 
 
 def run_killed(scene: str, output: str, stem: str, tiles: int, fraction: float, args) -> int:
-    """Start a run, kill it (SIGKILL) once ``fraction`` of the tiles is done, resume it; tiles done at the kill."""
+    """Start a run, SIGKILL it once ``fraction`` of the tiles is done, resume it; the tiles done then."""
     progress = os.path.join(output, "scenes", stem, "progress.jsonl")
     process = subprocess.Popen(
         predict_command(scene, output, args),
