@@ -12,7 +12,7 @@ it also kills a second run once a fraction F of the tiles is done
 (scenes/<stem>/progress.jsonl), resumes it, and compares the class raster
 (classmaps/<stem>.tif) and the PNG byte for byte with the uninterrupted run.
 Without --weights the model is random (the memory and time do not depend on
-the weights).
+the weights); --kill-at needs --weights (each run would draw other random weights).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.kill_at is not None and not 0 < args.kill_at < 1:
         parser.error(f"--kill-at must be between 0 and 1, got {args.kill_at}")
+    if args.kill_at is not None and not args.weights:
+        parser.error("--kill-at needs --weights: a random model differs from run to run")
     workdir = args.workdir or tempfile.mkdtemp(prefix="classmap_memory_")
     os.makedirs(workdir, exist_ok=True)
     scene = os.path.join(workdir, f"landcover_{args.size}.tif")
