@@ -10,9 +10,9 @@ size, a quarter overlap) and untiled (--tiling never: the whole scene resized to
 the test size), and prints the share of pixels where the two maps agree, the
 disagreement within 4 px of an inner window edge against elsewhere (a seam shows
 as more disagreement near the edges), and each map's pixel accuracy against the
-true classes (the tiled one also near inner window edges and elsewhere). Pixels within 40 px of the scene's border are left out of the
-disagreement (the untiled map's own border effects), as in
-tests/inference/test_classmap_seams.py.
+true classes (the tiled one also near inner window edges and elsewhere).
+Pixels within 40 px of the scene's border are left out of the disagreement
+(the untiled map's own border effects), as in tests/inference/test_classmap_seams.py.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.size} x {args.size} px, {len(windows)} windows of {tile} px: tiled and untiled agree on "
         f"{figures['agreement']:.1%} of the pixels; disagreement within {BORDER} px of an inner window edge "
         f"{figures['near_edges']:.1%}, elsewhere {figures['elsewhere']:.1%}; pixel accuracy tiled "
-        f"{figures['tiled_accuracy']:.1%} ({figures['tiled_accuracy_near_edges']:.1%} near inner window edges, "
+        f"{figures['tiled_accuracy']:.1%} "
+        f"({figures['tiled_accuracy_near_edges']:.1%} near inner window edges, "
         f"{figures['tiled_accuracy_elsewhere']:.1%} elsewhere), untiled {figures['untiled_accuracy']:.1%}"
     )
     return figures
