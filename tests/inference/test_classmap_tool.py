@@ -78,8 +78,7 @@ def test_no_data_half_of_a_geotiff_is_255_and_nowhere_else(predict_tool, inputs,
     """uint8 bands with nodata 0 over the left half: GeoTiffReader.valid marks it; the class map follows."""
     with rasterio.open(inputs / "scene.tif") as src:
         profile, data = src.profile, src.read()
-    data[:, :, : data.shape[2] // 2] = 0
-    data[data == 0] = 1  # (the right half holds no 0, so that only the left half is no data)
+    data[data == 0] = 1  # no 0 outside the left half, so that only the left half is no data
     data[:, :, : data.shape[2] // 2] = 0
     scene = tmp_path / "half.tif"
     with rasterio.open(scene, "w", **{**profile, "nodata": 0}) as dst:
