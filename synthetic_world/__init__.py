@@ -1,5 +1,8 @@
 """Synthetic aerial scenes for demos and tests: data tooling beside the runtime package.
 
+``scenes`` paints object scenes for the instance splits, ``landcover`` land-cover scenes
+(every pixel labelled) for the semantic splits.
+
 ``import score`` does not load this package; the dataset writer
 (``tools/make_synthetic_datasets.py``), the tiny-world CLIP pretraining
 (``tools/pretrain_tiny_clip.py``) and the tests import it.

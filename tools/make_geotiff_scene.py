@@ -4,14 +4,20 @@
 The scene is textured ground with rectangular "buildings", round "storage
 tanks" and elongated "ships" of random colours, in a projected CRS (UTM 33N
 by default, 0.5 m pixels). It is written strip by strip, so even a
-20000 x 20000 scene needs only one strip in memory. Example:
+20000 x 20000 scene needs only one strip in memory. With ``--landcover`` the
+scene is land cover instead (every pixel a class: the texture families, roads,
+roof blocks and objects of synthetic_world/landcover.py, LandDiscover50K's
+classes), a mosaic of independently drawn square blocks (``--block`` px), one
+row of blocks in memory at a time. Examples:
 
     python tools/make_geotiff_scene.py --output /tmp/scene_8000.tif --size 8000
+    python tools/make_geotiff_scene.py --output /tmp/landcover_2000.tif --size 2000 --landcover
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 from typing import List, Tuple
 
@@ -113,6 +119,62 @@ def make_scene(
     return len(objects)
 
 
+def make_landcover_scene(
+    path: str,
+    size: int,
+    *,
+    seed: int = 0,
+    block: int = 1000,
+    labels: str | None = None,
+    crs: str = "EPSG:32633",
+    pixel_size: float = 0.5,
+    origin: Tuple[float, float] = (500_000.0, 5_000_000.0),
+) -> int:
+    """Write a size x size RGB land-cover GeoTIFF (tiled, deflate); return the number of blocks drawn.
+
+    Each ``block`` x ``block`` square is one scene of ``render_semantic_scene``
+    with LandDiscover50K's classes (the last row and column of blocks are cut
+    to the scene). ``labels``: also write the (1-band uint8) class of every
+    pixel there, on the same grid (value = index in LandDiscover50K's list).
+    """
+    from score.data.datasets import SEM_SEG_SPLITS
+    from synthetic_world.landcover import painted_names, render_semantic_scene
+
+    split = next(s for s in SEM_SEG_SPLITS if s.name == "landdiscover50k_val_sem_seg")
+    names = painted_names(split)
+    rng = np.random.default_rng(seed)
+    queue: collections.deque = collections.deque()
+    profile = {
+        "driver": "GTiff",
+        "height": size,
+        "width": size,
+        "crs": crs,
+        "transform": from_origin(origin[0], origin[1], pixel_size, pixel_size),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
+    label_file = rasterio.open(labels, "w", count=1, dtype="uint8", **profile) if labels else None
+    count = 0
+    try:
+        with rasterio.open(path, "w", count=3, dtype="uint8", photometric="RGB", **profile) as dst:
+            for row0 in range(0, size, block):
+                rows = min(block, size - row0)
+                for col0 in range(0, size, block):
+                    cols = min(block, size - col0)
+                    scene = render_semantic_scene(rng, rows, cols, queue, names)
+                    window = Window(col0, row0, cols, rows)
+                    dst.write(scene.image.transpose(2, 0, 1), window=window)
+                    if label_file is not None:
+                        label_file.write(scene.label, 1, window=window)
+                    count += 1
+    finally:
+        if label_file is not None:
+            label_file.close()
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,8 +185,25 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["uint8", "uint16"], default="uint8")
     parser.add_argument("--crs", default="EPSG:32633", help="CRS of the scene (projected, metres)")
     parser.add_argument("--pixel-size", type=float, default=0.5, help="ground sampling distance (CRS units)")
+    parser.add_argument("--landcover", action="store_true", help="land cover instead of objects on ground")
+    parser.add_argument("--block", type=int, default=1000, help="side of the land-cover blocks (px)")
+    parser.add_argument("--labels", help="--landcover: also write the class of every pixel to this GeoTIFF")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.landcover:
+        if args.dtype != "uint8":
+            parser.error("--landcover scenes are uint8")
+        blocks = make_landcover_scene(
+            args.output,
+            args.size,
+            seed=args.seed,
+            block=args.block,
+            labels=args.labels,
+            crs=args.crs,
+            pixel_size=args.pixel_size,
+        )
+        logger.info("wrote %s: %d x %d px land cover, %d blocks", args.output, args.size, args.size, blocks)
+        return
     count = make_scene(
         args.output, args.size, seed=args.seed, dtype=args.dtype, crs=args.crs, pixel_size=args.pixel_size
     )

@@ -758,7 +758,13 @@ def process_semantic(predictor, reader, path: str, image_id: str, args, cfg, key
 def run_semantic(predictor, cfg, args: argparse.Namespace, paths: List[str]) -> int:
     """Class maps of every input (see docs/PREDICT.md); 0, or 1 when some images could not be processed."""
     class_names = predictor.class_names
-    logger.info("%d image(s); class maps of %d classes: %s", len(paths), len(class_names), class_names)
+    logger.info(
+        "%d image(s); class maps of %d classes: %s; peak resident memory after loading the model %.0f MiB",
+        len(paths),
+        len(class_names),
+        class_names,
+        peak_rss_mib(),
+    )
     weights = cfg.MODEL.WEIGHTS
     model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
     key = run_key(args, cfg, model_digest, class_names)

@@ -53,7 +53,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from score.data.datasets import SPLITS
+from score.data.datasets import SEM_SEG_SPLITS, SPLITS
 from score.modeling.context.remoteclip import value_only_block
 from score.modeling.open_vocab import mask_pool
 from score.modeling.tiny_clip import TINY_CLIP_CONFIGS, TINY_CONVNEXT, TINY_VIT
@@ -62,11 +62,17 @@ from synthetic_world import (
     SCENE_TYPES,
     draw_object,
     draw_surround,
-    recipe_for,
     render_image,
     render_scene,
     scene_types_of,
     surround_radius,
+)
+from synthetic_world.landcover import (
+    cover_for,
+    object_recipe,
+    paint_cover,
+    painted_names,
+    render_semantic_scene,
 )
 from synthetic_world.scenes import _background
 
@@ -92,19 +98,32 @@ SCENE_TEMPLATES = (
 )
 
 
-def concept_names() -> dict[str, list[str]]:
-    """Concept (recipe) -> the normalised class names of all splits that are drawn by it."""
+def concept_of(class_name: str) -> str:
+    """The concept that draws a class name: its land cover's (``"cover: water"``) or its object recipe's."""
+    cover = cover_for(class_name)
+    return f"cover: {cover.concept}" if cover is not None else object_recipe(class_name).concept
+
+
+def concept_names(land_cover: bool = True) -> dict[str, list[str]]:
+    """Concept -> the normalised class names drawn by it, over the instance splits and (``land_cover``)
+    the semantic splits; land-cover concepts are named ``"cover: <cover>"``."""
     concepts: dict[str, set[str]] = defaultdict(set)
-    for split in SPLITS:
-        for name in split.class_names:
-            canonical = canonical_class_name(name)
-            concepts[recipe_for(name).concept].update(n.strip() for n in canonical.split(","))
+    names = [n for split in SPLITS for n in split.class_names]
+    if land_cover:
+        names += [n for split in SEM_SEG_SPLITS for n in painted_names(split)]
+    for name in names:
+        canonical = canonical_class_name(name)
+        concepts[concept_of(name)].update(n.strip() for n in canonical.split(","))
     return {c: sorted(n) for c, n in sorted(concepts.items())}
 
 
 def render_crop(rng: np.random.Generator, concept_name: str, size: int) -> np.ndarray:
-    """One (size, size, 3) uint8 crop: the object with its surround, random length, angle and ground."""
-    recipe = recipe_for(concept_name)
+    """One (size, size, 3) uint8 crop: the object with its surround, random length, angle and ground;
+    for land cover, a patch of its texture (roads a band, buildings roof blocks, on other ground)."""
+    cover = cover_for(concept_name)
+    if cover is not None:
+        return render_cover_crop(rng, concept_name, size)
+    recipe = object_recipe(concept_name)
     canvas = np.clip(_background(rng, size, size), 0, 255).astype(np.uint8)
     length = float(rng.uniform(0.5, 1.0)) * size
     # Shrink until object and surround fit in the crop, as a detector's box crop would hold them.
@@ -114,6 +133,42 @@ def render_crop(rng: np.random.Generator, concept_name: str, size: int) -> np.nd
     draw_surround(canvas, recipe, center, length, angle)
     draw_object(canvas, recipe, center, length, angle)
     canvas = canvas.astype(np.float32) + rng.normal(0.0, 3.0, size=canvas.shape).astype(np.float32)
+    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+
+
+def drawing_name(concept: str) -> str:
+    """A class name that draws a concept (``"cover: water"`` -> ``water``, ``"hashed: tug"`` -> ``tug``)."""
+    return concept.removeprefix("cover: ").removeprefix("hashed: ")
+
+
+def is_cover(concept: str) -> bool:
+    return concept.startswith("cover: ")
+
+
+def render_cover_crop(rng: np.random.Generator, class_name: str, size: int) -> np.ndarray:
+    """One (size, size, 3) uint8 patch of a land cover: its texture over the whole patch, a band
+    across other ground (roads) or two to four roof blocks on other ground (buildings)."""
+    cover = cover_for(class_name)
+    texture = paint_cover(rng, cover, size, size)
+    if cover.layout == "area":
+        return np.clip(np.round(texture), 0, 255).astype(np.uint8)
+    canvas = _background(rng, size, size)
+    mask = np.zeros((size, size), np.uint8)
+    angle = float(rng.uniform(0.0, math.pi))
+    c, s = math.cos(angle), math.sin(angle)
+    if cover.layout == "band":
+        centre = rng.uniform(0.4, 0.6, size=2) * size
+        d = np.array([c, s]) * 2 * size
+        thickness = int(rng.uniform(0.3, 0.5) * size)
+        cv2.line(mask, tuple(int(v) for v in centre - d), tuple(int(v) for v in centre + d), 1, thickness)
+    else:
+        for _ in range(int(rng.integers(2, 5))):
+            w, h = rng.uniform(0.25, 0.5, size=2) * size / 2
+            corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) @ np.array([[c, s], [-s, c]])
+            cv2.fillPoly(mask, [np.round(corners + rng.uniform(0.3, 0.7, size=2) * size).astype(np.int32)], 1)
+    inside = mask.astype(bool)
+    canvas[inside] = texture[inside]
+    canvas += rng.normal(0.0, 3.0, size=canvas.shape).astype(np.float32)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
 
 
@@ -219,6 +274,24 @@ def render_regions(rng: np.random.Generator, concept_names: list[str], num_scene
     return np.stack(images), regions
 
 
+def render_cover_regions(rng: np.random.Generator, cover_names: list[str], num_scenes: int, size: int):
+    """Land-cover scenes of the given covers -> images (S, H, W, 3) uint8 and per region (scene index,
+    cover index, mask (H, W) bool), as :func:`render_regions`; a cover already drawn is dropped."""
+    queue: collections.deque = collections.deque()
+    images, regions, drawn = [], [], set()
+    for scene in range(num_scenes):
+        if len(drawn) == len(cover_names):
+            break
+        image, label, _ = render_semantic_scene(rng, size, size, queue, cover_names)
+        images.append(image)
+        for index in np.unique(label).tolist():
+            if index in drawn:
+                continue
+            drawn.add(index)
+            regions.append((scene, index, label == index))
+    return np.stack(images), regions
+
+
 def region_features(model, images: torch.Tensor, regions) -> tuple[torch.Tensor, list[int]]:
     """Mask-pooled dense features of the ConvNeXt trunk, mapped to the joint space as the detector does.
 
@@ -262,19 +335,24 @@ def text_weights(model, tokenizer, concepts: dict[str, list[str]]) -> torch.Tens
 
 
 @torch.no_grad()
-def zero_shot_top1(model, tokenizer, concepts: dict[str, list[str]], seed: int, per_concept: int, size: int):
-    """Top-1 of held-out crops over all concepts; a concept's classifier: its names x templates, averaged."""
+def zero_shot_top1(
+    model, tokenizer, concepts: dict[str, list[str]], seed: int, per_concept: int, size: int
+) -> dict[str, float]:
+    """Top-1 of held-out crops over all concepts, for the object and the land-cover concepts
+    (keys ``"objects"``, ``"land cover"``); a concept's classifier: its names x templates, averaged."""
     model.eval()
     keys = list(concepts)
     weights = text_weights(model, tokenizer, concepts)
     rng = np.random.default_rng(seed)
-    correct = 0
+    correct, total = collections.Counter(), collections.Counter()
     for label, key in enumerate(keys):
-        crops = [render_crop(rng, concepts[key][0], size) for _ in range(per_concept)]
+        crops = [render_crop(rng, drawing_name(key), size) for _ in range(per_concept)]
         feats = model.encode_image(to_tensor(crops, model), normalize=True)
-        correct += int((feats @ weights.T).argmax(1).eq(label).sum())
+        group = "land cover" if is_cover(key) else "objects"
+        correct[group] += int((feats @ weights.T).argmax(1).eq(label).sum())
+        total[group] += per_concept
     model.train()
-    return correct / (len(keys) * per_concept)
+    return {g: correct[g] / total[g] for g in sorted(total)}
 
 
 @torch.no_grad()
@@ -295,22 +373,31 @@ def caption(rng: np.random.Generator, names: list[str]) -> str:
 @torch.no_grad()
 def zero_shot_region_top1(
     model, tokenizer, concepts: dict[str, list[str]], seed: int, size: int, rounds: int = 4
-):
-    """Top-1 over all concepts of mask-pooled regions of held-out scenes (the out-of-vocabulary path)."""
+) -> dict[str, float]:
+    """Top-1 over all concepts of mask-pooled regions of held-out scenes (the out-of-vocabulary path):
+    objects of instance scenes and land-cover regions of land-cover scenes, keys as :func:`zero_shot_top1`."""
     model.eval()
     weights = text_weights(model, tokenizer, concepts)
     keys = list(concepts)
     rng = np.random.default_rng(seed)
-    correct = total = 0
+    correct, total = collections.Counter(), collections.Counter()
     for _ in range(rounds):
-        order = rng.permutation(len(keys))
-        images, regions = render_regions(rng, [concepts[keys[i]][0] for i in order], 4 * len(keys), size)
-        feats, kept = region_features(model, to_tensor(list(images), model), regions)
-        labels = torch.tensor([int(order[regions[i][1]]) for i in kept])
-        correct += int((feats @ weights.T).argmax(1).eq(labels).sum())
-        total += len(kept)
+        for group in ("objects", "land cover"):
+            members = [i for i, k in enumerate(keys) if is_cover(k) == (group == "land cover")]
+            if not members:
+                continue
+            order = [members[i] for i in rng.permutation(len(members))]
+            names = [drawing_name(keys[i]) for i in order]
+            if group == "objects":
+                images, regions = render_regions(rng, names, 4 * len(names), size)
+            else:
+                images, regions = render_cover_regions(rng, names, 2 * len(names), size)
+            feats, kept = region_features(model, to_tensor(list(images), model), regions)
+            labels = torch.tensor([int(order[regions[i][1]]) for i in kept])
+            correct[group] += int((feats @ weights.T).argmax(1).eq(labels).sum())
+            total[group] += len(kept)
     model.train()
-    return correct / total
+    return {g: correct[g] / total[g] for g in sorted(total)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -353,11 +440,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="objects only: scenes per step whose mask-pooled object regions are trained too (0: crops only)",
     )
     parser.add_argument("--region-size", type=int, default=256, help="side of those scenes, pixels")
+    parser.add_argument(
+        "--cover-scenes",
+        type=int,
+        default=3,
+        help="objects only: land-cover scenes per step whose mask-pooled regions are trained too",
+    )
+    parser.add_argument(
+        "--no-land-cover",
+        action="store_true",
+        help="objects only: the object concepts of the instance splits alone (no semantic class names)",
+    )
     parser.add_argument("--eval-per-concept", type=int, default=10, help="held-out crops per concept")
     parser.add_argument(
         "--eval-per-scene", type=int, default=25, help="held-out scenes and as many regions per scene type"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed; held-out data use seed + 1000")
+    parser.add_argument(
+        "--init", default=None, help="state dict to start from (a checkpoint of this script), not random"
+    )
     args = parser.parse_args(argv)
     if args.model is None:
         args.model = TINY_CONVNEXT if args.tower == "objects" else TINY_VIT
@@ -367,12 +468,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _object_batch(rng, concepts, keys, batch_size, size):
-    """Crops of distinct concepts, one caption each, and the concepts' indices."""
+    """Crops of distinct concepts (``batch_size`` object concepts and every land-cover concept), one
+    caption each, and the concepts' indices."""
     crops, captions = [], []
-    chosen = rng.choice(len(keys), size=min(batch_size, len(keys)), replace=False)
+    objects = [i for i, k in enumerate(keys) if not is_cover(k)]
+    covers = [i for i, k in enumerate(keys) if is_cover(k)]
+    chosen = np.concatenate(
+        [rng.choice(objects, size=min(batch_size, len(objects)), replace=False), covers]
+    ).astype(int)
     for i in chosen:
         names = concepts[keys[i]]
-        crops.append(render_crop(rng, names[0], size))
+        crops.append(render_crop(rng, drawing_name(keys[i]), size))
         captions.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))]))
     return crops, captions, chosen
 
@@ -396,6 +502,12 @@ def main(argv=None) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     model = open_clip.create_model(args.model)
+    if args.init:
+        # Go on from a checkpoint (fp16 on disk): new concepts are trained in while every
+        # batch keeps holding the old ones, so that they are not forgotten.
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        logger.info("initialised from %s", args.init)
     tokenizer = open_clip.get_tokenizer(args.model)
     size = (
         model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
@@ -405,7 +517,7 @@ def main(argv=None) -> float:
         names, classes = scene_names(), scene_classes()
         logger.info("%d scene types: %s", len(names), ", ".join(names))
     else:
-        concepts = concept_names()
+        concepts = concept_names(land_cover=not args.no_land_cover)
         keys = list(concepts)
         logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
     loss_fn = open_clip.ClipLoss()
@@ -450,14 +562,26 @@ def main(argv=None) -> float:
             loss = loss + loss_fn(g, text_features, logit_scale)
         elif args.region_scenes:
             # The detector pools the trunk's dense map inside masks of whole scenes
-            # (out-of-vocabulary term): train that path too, on distinct concepts.
-            batch = rng.choice(len(keys), size=min(args.batch, len(keys)), replace=False)
+            # (out-of-vocabulary term): train that path too, on distinct concepts: objects of
+            # instance scenes and land-cover regions of land-cover scenes, in one ClipLoss.
+            objects = [i for i, k in enumerate(keys) if not is_cover(k)]
+            covers = [i for i, k in enumerate(keys) if is_cover(k)]
+            batch = rng.choice(objects, size=min(args.batch, len(objects)), replace=False)
             scenes, regions = render_regions(
-                rng, [concepts[keys[i]][0] for i in batch], args.region_scenes, args.region_size
+                rng, [drawing_name(keys[i]) for i in batch], args.region_scenes, args.region_size
             )
             region_feats, kept = region_features(model, to_tensor(list(scenes), model), regions)
+            region_keys = [int(batch[regions[i][1]]) for i in kept]
+            if covers and args.cover_scenes:
+                order = [covers[i] for i in rng.permutation(len(covers))]
+                scenes, regions = render_cover_regions(
+                    rng, [drawing_name(keys[i]) for i in order], args.cover_scenes, args.region_size
+                )
+                cover_feats, cover_kept = region_features(model, to_tensor(list(scenes), model), regions)
+                region_feats = torch.cat([region_feats, cover_feats])
+                region_keys += [order[regions[i][1]] for i in cover_kept]
             region_text = model.encode_text(
-                tokenizer([caption(rng, concepts[keys[batch[regions[i][1]]]]) for i in kept]), normalize=True
+                tokenizer([caption(rng, concepts[keys[i]]) for i in region_keys]), normalize=True
             )
             loss = 0.5 * (loss + loss_fn(region_feats, region_text, model.logit_scale.exp()))
         optimizer.zero_grad()
@@ -478,13 +602,17 @@ def main(argv=None) -> float:
         )
         result = accuracy["scene g"]
     else:
-        result = zero_shot_top1(model, tokenizer, concepts, args.seed + 1000, args.eval_per_concept, size)
-        logger.info("zero-shot top-1 over %d concepts on held-out crops: %.1f %%", len(keys), 100 * result)
-        region_top1 = zero_shot_region_top1(model, tokenizer, concepts, args.seed + 1000, args.region_size)
+        crops = zero_shot_top1(model, tokenizer, concepts, args.seed + 1000, args.eval_per_concept, size)
         logger.info(
-            "zero-shot top-1 over %d concepts of mask-pooled regions of held-out scenes: %.1f %%",
-            len(keys), 100 * region_top1,
+            "zero-shot top-1 over all %d concepts on held-out crops: %s",
+            len(keys), ", ".join(f"{g} {100 * v:.1f} %" for g, v in crops.items()),
         )  # fmt: skip
+        regions = zero_shot_region_top1(model, tokenizer, concepts, args.seed + 1000, args.region_size)
+        logger.info(
+            "zero-shot top-1 over all %d concepts of mask-pooled regions of held-out scenes: %s",
+            len(keys), ", ".join(f"{g} {100 * v:.1f} %" for g, v in regions.items()),
+        )  # fmt: skip
+        result = crops["objects"]
         logger.info(
             "closest classifier rows (cosine): %s",
             ", ".join(f"{a} / {b} {v:.3f}" for v, a, b in closest_concepts(model, tokenizer, concepts)),

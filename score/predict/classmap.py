@@ -66,6 +66,9 @@ __all__ = ["ClassMapSink", "draw_class_map", "window_weights"]
 
 logger = logging.getLogger(__name__)
 
+# Rows of the open band turned into classes at a time.
+_FINAL_ROWS = 32
+
 
 def _ramp(length: int, start_inside: bool, end_inside: bool, overlap: int) -> np.ndarray:
     """1-D weights: 1, falling linearly to 1 / (O + 1) over the O px next to an end inside the scene."""
@@ -196,8 +199,11 @@ class ClassMapSink:
             self.files["scores"] = os.path.join(self.folder, "confidence.raw")
         self._streams: Dict[str, object] = {}
         self._top = 0  # rows above are final (in the raw files)
-        self._sums = np.zeros((len(self.class_names), 0, width), np.float32)
-        self._weights = np.zeros((0, width), np.float32)
+        # The open band: rows top.. of the sums and weights, views of buffers that grow to the
+        # tallest window's height once and are reused (no copies of the band as it grows).
+        self._sum_rows = np.zeros((len(self.class_names), 0, width), np.float32)
+        self._weight_rows = np.zeros((0, width), np.float32)
+        self._sums, self._weights = self._sum_rows, self._weight_rows
         self._band: Optional[str] = None
         self._finished = False
         self.regions: Optional[int] = None
@@ -242,7 +248,8 @@ class ClassMapSink:
             self._top = state["final_rows"]
             self._band = state["band"]
             with np.load(os.path.join(self.folder, self._band)) as band:
-                self._sums, self._weights = band["sums"], band["weights"]
+                self._sum_rows, self._weight_rows = band["sums"], band["weights"]
+                self._sums, self._weights = self._sum_rows, self._weight_rows
         self._streams = {name: open(path, "ab") for name, path in self.files.items()}
 
     def add(self, index: int, window: Box, tile: np.ndarray) -> Dict:
@@ -251,11 +258,7 @@ class ClassMapSink:
             raise ValueError(f"window {window} reaches rows above {self._top}, which are final")
         rows = y1 - self._top
         if rows > self._weights.shape[0]:  # grow the open band down to the window's bottom
-            more = rows - self._weights.shape[0]
-            self._sums = np.concatenate(
-                [self._sums, np.zeros((len(self.class_names), more, self.width), np.float32)], 1
-            )
-            self._weights = np.concatenate([self._weights, np.zeros((more, self.width), np.float32)])
+            self._open_rows(rows)
         weights = window_weights(window, self.height, self.width, self.overlap)
         top, bottom = y0 - self._top, y1 - self._top
         self._sums[:, top:bottom, x0:x1] += tile.astype(np.float32) * weights
@@ -275,22 +278,40 @@ class ClassMapSink:
             return
         if self._weights[:count].min(initial=1.0) <= 0:
             raise ValueError(f"rows {self._top}..{until} of {self.image_id} are not covered by any window")
-        scores = self._sums[:, :count] / self._weights[:count]
-        labels = scores.argmax(axis=0).astype(self.dtype)
-        best = np.take_along_axis(scores, labels[None].astype(np.int64), 0)[0]
-        labels[best < self.min_confidence] = self.nodata
-        valid = self._valid(self._top, until)
-        if valid is not None:
-            labels[~valid] = self.nodata
-            best[~valid] = np.nan
-        self._streams["labels"].write(np.ascontiguousarray(labels).tobytes())
-        self._streams["labels"].flush()
-        if "scores" in self._streams:
-            self._streams["scores"].write(np.ascontiguousarray(best, np.float32).tobytes())
-            self._streams["scores"].flush()
-        self._sums = np.ascontiguousarray(self._sums[:, count:])
-        self._weights = np.ascontiguousarray(self._weights[count:])
+        for start in range(0, count, _FINAL_ROWS):  # a few rows at a time: no (K, count, W) scores
+            stop = min(count, start + _FINAL_ROWS)
+            scores = self._sums[:, start:stop] / self._weights[start:stop]
+            labels = scores.argmax(axis=0).astype(self.dtype)
+            best = np.take_along_axis(scores, labels[None].astype(np.int64), 0)[0]
+            labels[best < self.min_confidence] = self.nodata
+            valid = self._valid(self._top + start, self._top + stop)
+            if valid is not None:
+                labels[~valid] = self.nodata
+                best[~valid] = np.nan
+            self._streams["labels"].write(np.ascontiguousarray(labels).tobytes())
+            if "scores" in self._streams:
+                self._streams["scores"].write(np.ascontiguousarray(best, np.float32).tobytes())
+        for stream in self._streams.values():
+            stream.flush()
+        rest = self._weights.shape[0] - count
+        for plane in self._sum_rows:  # class by class: no copy of the whole band when it moves up
+            plane[:rest] = plane[count : count + rest]
+        self._weight_rows[:rest] = self._weight_rows[count : count + rest]
+        self._sums, self._weights = self._sum_rows[:, :rest], self._weight_rows[:rest]
         self._top = until
+
+    def _open_rows(self, rows: int) -> None:
+        """Extend the open band to ``rows`` rows (the new ones 0), growing the buffers when too small."""
+        open_rows = self._weights.shape[0]
+        if rows > self._weight_rows.shape[0]:
+            sums = np.zeros((len(self.class_names), rows, self.width), np.float32)
+            weights = np.zeros((rows, self.width), np.float32)
+            sums[:, :open_rows], weights[:open_rows] = self._sums, self._weights
+            self._sum_rows, self._weight_rows = sums, weights
+        else:
+            self._sum_rows[:, open_rows:rows] = 0
+            self._weight_rows[open_rows:rows] = 0
+        self._sums, self._weights = self._sum_rows[:, :rows], self._weight_rows[:rows]
 
     def row_done(self, rows: int, top: int) -> Dict:
         self._finalize(top)
@@ -317,8 +338,8 @@ class ClassMapSink:
         for stream in self._streams.values():
             stream.close()
         self._streams = {}
-        self._sums = self._sums[:, :0]
-        self._weights = self._weights[:0]
+        self._sum_rows, self._weight_rows = self._sum_rows[:, :0], self._weight_rows[:0]
+        self._sums, self._weights = self._sum_rows, self._weight_rows
         self._write_outputs()
         self._finished = True
         self._band = None

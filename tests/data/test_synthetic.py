@@ -241,3 +241,117 @@ def test_command_line_tool(tmp_path):
     assert len(coco["images"]) == 2
     assert len(list((tmp_path / "NWPU/image_patches").glob("*.png"))) == 2
     assert not (tmp_path / "iSAID").exists()
+
+
+# ---------------------------------------------------------------------------
+# Land-cover scenes and the semantic splits (synthetic_world/landcover.py).
+
+
+@pytest.fixture(scope="module")
+def semantic_root(tmp_path_factory):
+    from synthetic_world.landcover import write_semantic_datasets
+
+    root = tmp_path_factory.mktemp("synthetic_semantic")
+    write_semantic_datasets(str(root), num_train=6, num_val=3, min_size=96, max_size=128, seed=3)
+    return root
+
+
+def test_semantic_splits_load_through_the_registered_splits(semantic_root, monkeypatch):
+    """Every split in its registered layout; every pixel labelled with a class value or an ignore value."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from score.data.datasets import SEM_SEG_SPLITS
+    from score.data.labels import LabelEncoding, read_label
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(semantic_root))
+    for split in SEM_SEG_SPLITS:
+        records = DatasetCatalog.get(split.name)
+        assert len(records) == (6 if split.subset == "train" else 3), split.name
+        encoding = LabelEncoding.from_metadata(MetadataCatalog.get(split.name))
+        seen_values = set()
+        for record in records:
+            assert record["file_name"].startswith(str(semantic_root / split.image_dir) + "/")
+            assert record["file_name"].endswith("." + split.image_ext)
+            assert record["sem_seg_file_name"].startswith(str(semantic_root / split.label_dir) + "/")
+            label = read_label(record["sem_seg_file_name"])
+            assert label.dtype == np.uint8 and label.ndim == 2
+            assert label.shape == (record["height"], record["width"])
+            assert 96 <= label.shape[0] <= 128 and 96 <= label.shape[1] <= 128
+            assert not encoding.unknown_values(label), (split.name, encoding.unknown_values(label))
+            seen_values |= set(np.unique(label).tolist())
+        # A split with land cover is labelled everywhere with its classes (ignored values
+        # like FLAIR's "other" are still painted, never left empty); FAST's background is 255.
+        if split.family == "fast":
+            assert 255 in seen_values and len(seen_values) > 2
+        else:
+            assert 255 not in seen_values and len(seen_values) >= 3, (split.name, seen_values)
+
+
+def test_semantic_split_names_and_ignored_values():
+    from score.data.datasets import SEM_SEG_SPLITS
+    from synthetic_world.landcover import cover_for, painted_names
+
+    by_family = {s.family: s for s in SEM_SEG_SPLITS}
+    assert painted_names(by_family["flair"])[12] == "other"
+    assert painted_names(by_family["potsdam"])[5] == "clutter"
+    assert painted_names(by_family["floodnet"])[0] == "Background"
+    # Land cover is land cover under every spelling; objects are not.
+    for name in (
+        "bare soil",
+        "impervious surface",
+        "low vegetation",
+        "road-non-flooded",
+        "building,buildings",
+    ):
+        assert cover_for(name) is not None, name
+    for name in ("car", "pool", "vehicle", "Small-Car", "plane"):
+        assert cover_for(name) is None, name
+    assert cover_for("bare soil") == cover_for("bare land")
+    assert cover_for("road-non-flooded") == cover_for("road") != cover_for("road-flooded")
+
+
+def test_land_cover_families_differ_and_vary(tmp_path):
+    """Each cover's texture statistics are its own (colour and local contrast), and vary per image."""
+    from synthetic_world.landcover import COVERS, paint_cover
+
+    rng = np.random.default_rng(0)
+    stats = {}
+    for name, cover in COVERS.items():
+        patches = [paint_cover(rng, cover, 48, 48) for _ in range(3)]
+        means = np.array([p.reshape(-1, 3).mean(0) for p in patches])
+        assert np.ptp(means, axis=0).max() > 1.0, name  # within-class variation
+        detail = np.mean([np.abs(np.diff(p.mean(-1), axis=1)).mean() for p in patches])
+        stats[name] = np.concatenate([means.mean(0), [4 * detail]])
+    names = list(stats)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert np.abs(stats[a] - stats[b]).max() > 6.0, (a, b, stats[a], stats[b])
+
+
+def test_semantic_scenes_follow_their_scene_type_and_seed():
+    from score.data.datasets import LANDDISCOVER_CLASSES
+    from synthetic_world.landcover import _scene_types, render_semantic_scene
+
+    for seed in range(4):
+        a = render_semantic_scene(
+            np.random.default_rng(seed), 96, 112, collections.deque(), LANDDISCOVER_CLASSES
+        )
+        b = render_semantic_scene(
+            np.random.default_rng(seed), 96, 112, collections.deque(), LANDDISCOVER_CLASSES
+        )
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+        assert a.image.shape == (96, 112, 3) and a.label.shape == (96, 112)
+        for value in np.unique(a.label):
+            assert a.scene_type in _scene_types(LANDDISCOVER_CLASSES[value]), (a.scene_type, value)
+
+
+def test_command_line_tool_semantic(tmp_path):
+    module = load_script("tools/make_synthetic_datasets.py")
+    module.main(["--root", str(tmp_path), "--semantic", "--splits", "potsdam_val_sem_seg", "--num-val", "2",
+                 "--min-size", "64", "--max-size", "80"])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "PotsdamSplit" / "ann_dir" / "val").iterdir()) == [
+        "000001.png",
+        "000002.png",
+    ]
+    with pytest.raises(SystemExit):
+        module.main(["--root", str(tmp_path), "--semantic", "--splits", "isaid_val_instance"])

@@ -67,6 +67,27 @@ def test_explicit_task_semantic_on_an_instance_config(predict_tool, inputs, tmp_
     assert not os.path.exists(out / "visualizations/a.jpg")
 
 
+def test_no_data_half_of_a_geotiff_is_255_and_nowhere_else(predict_tool, inputs, tmp_path):
+    """uint8 bands with nodata 0 over the left half: GeoTiffReader.valid marks it; the class map follows."""
+    with rasterio.open(inputs / "scene.tif") as src:
+        profile, data = src.profile, src.read()
+    data[data == 0] = 1  # no 0 outside the left half, so that only the left half is no data
+    data[:, :, : data.shape[2] // 2] = 0
+    scene = tmp_path / "half.tif"
+    with rasterio.open(scene, "w", **{**profile, "nodata": 0}) as dst:
+        dst.write(data)
+    out = tmp_path / "out"
+    argv = ["--config-file", str(SEMANTIC_CONFIG), "--input", str(scene), "--output", str(out), *VOCAB]
+    argv += ["--tiling", "always", "--tile-size", "128", "--tile-overlap", "32", "--no-vis", *FAST_OPTS]
+    assert predict_tool.main(argv) == 0
+    with rasterio.open(out / "classmaps/half.tif") as src:
+        labels = src.read(1)
+        assert src.nodata == 255
+    half = labels.shape[1] // 2
+    assert np.all(labels[:, :half] == 255)
+    assert not np.any(labels[:, half:] == 255)
+
+
 @pytest.fixture
 def no_model(predict_tool, monkeypatch):
     """Building the model is an error: a usage error must come before it."""
