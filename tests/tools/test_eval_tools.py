@@ -114,3 +114,17 @@ def test_ensemble_exponents_cli_fails_on_unknown_pair():
     )
     assert done.returncode != 0
     assert "No ensemble exponents" in done.stderr
+
+
+def test_collect_results_builds_the_table_a_row_from_miou(tmp_path):
+    collect = _load_tool("collect_results").collect
+    for target, miou, seen, unseen in (("flair", 30.0, 50.0, 28.0), ("floodnet", 40.0, 60.0, 20.0)):
+        folder = tmp_path / "eval_final" / target / "inference" / f"{target}_val_sem_seg"
+        folder.mkdir(parents=True)
+        result = {"sem_seg": {"mIoU": miou, "seen": {"mIoU": seen}, "unseen": {"mIoU": unseen}}}
+        (folder / "results.json").write_text(json.dumps(result))
+    table = collect(str(tmp_path / "eval_final"), ["flair", "floodnet"], name="run", task="sem_seg")
+    header, _, row = table.splitlines()
+    assert header.split(" | ")[1:4] == ["flair", "floodnet", "average"]
+    assert row.split(" | ")[1:4] == ["30.00", "40.00", "35.00"]
+    assert "mean seen" in header and "55.00" in row and "24.00" in row
