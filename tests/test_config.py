@@ -105,6 +105,16 @@ EXPECTED = {
     "tiny_world/gca_isaid.yaml": RAI_OFF,
     "tiny_world/rai_isaid.yaml": GCA_OFF,
     "tiny_world/score_isaid.yaml": {},
+    "tiny_world/score_landdiscover_semantic.yaml": {
+        **SEMANTIC,
+        "DATASETS.TEST": ("landdiscover50k_val_sem_seg",),
+        "INPUT.IMAGE_SIZE": 256,
+        "INPUT.MIN_SCALE": 0.75,
+        "INPUT.MAX_SCALE": 1.5,
+        "INPUT.MAX_SIZE_TEST": 480,
+        "SOLVER.MAX_ITER": 1200,
+        "SOLVER.STEPS": (1080, 1140),
+    },
 }
 
 
