@@ -30,16 +30,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$LOGS"
 START=$SECONDS
 
-# Run a step with its output in a log file; on failure show the log's end.
-logged() {
-    local log=$1
-    shift
-    if ! "$@" > "$log" 2>&1; then
-        echo "FAILED; the last lines of $log:" >&2
-        tail -n 40 "$log" >&2
-        exit 1
-    fi
-}
+source scripts/common.sh  # logged: a step's output to its log file
 
 echo "== 1/4 synthetic datasets -> $DETECTRON2_DATASETS"
 logged "$LOGS/datasets.log" "$PYTHON" tools/make_synthetic_datasets.py --root "$DETECTRON2_DATASETS"
