@@ -30,30 +30,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$LOGS"
 START=$SECONDS
 
-source scripts/common.sh  # logged: a step's output to its log file
+source scripts/common.sh  # logged, train_logged: a step's output to its log file
 
 echo "== 1/4 synthetic semantic datasets -> $DETECTRON2_DATASETS"
 logged "$LOGS/datasets.log" "$PYTHON" tools/make_synthetic_datasets.py --root "$DETECTRON2_DATASETS" --semantic
 
 echo "== 2/4 training the tiny-world SCORE on synthetic LandDiscover50K ($CONFIG) -> $RUN (log: $LOGS/train.log)"
-set +e
-PYTHONUNBUFFERED=1 "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "$@" 2>&1 \
-    | tee "$LOGS/train.log" \
-    | awk '/ iter: / {
-               for (i = 1; i <= NF; i++) {
-                   if ($i == "iter:") it = $(i + 1) + 1
-                   if ($i == "total_loss:") loss = $(i + 1)
-                   if ($i == "eta:") eta = $(i + 1)
-               }
-               if (it % 100 == 0) { printf "   iteration %d  total loss %s  eta %s\n", it, loss, eta; fflush() }
-           }'
-status=${PIPESTATUS[0]}
-set -e
-if [[ $status -ne 0 ]]; then
-    echo "FAILED; the last lines of $LOGS/train.log:" >&2
-    tail -n 40 "$LOGS/train.log" >&2
-    exit 1
-fi
+train_logged "$LOGS/train.log" "$PYTHON" train_net.py --config-file "$CONFIG" --num-gpus 1 OUTPUT_DIR "$RUN" "$@"
 
 echo "== 3/4 cross-dataset evaluation (eval_landdiscover.sh; log: $LOGS/eval.log)"
 CONFIG=$CONFIG PYTHON=$PYTHON logged "$LOGS/eval.log" bash eval_landdiscover.sh "$RUN" "$@"
