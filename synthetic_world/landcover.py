@@ -48,6 +48,7 @@ from .scenes import (
     scene_types_of,
     surround_radius,
     write_split,
+    write_splits,
 )
 
 __all__ = [
@@ -556,13 +557,7 @@ def write_semantic_datasets(
     Returns:
         The names of the splits written.
     """
-    by_name = {s.name: s for s in SEM_SEG_SPLITS}
-    names = list(by_name) if splits is None else list(splits)
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ValueError(f"unknown semantic splits {unknown}; choose from {list(by_name)}")
-    for name in names:
-        split = by_name[name]
-        count = num_train if split.subset == "train" else num_val
-        write_semantic_split(split, os.fspath(root), count, min_size=min_size, max_size=max_size, seed=seed)
-    return names
+    return write_splits(
+        SEM_SEG_SPLITS, write_semantic_split, root, num_train=num_train, num_val=num_val,
+        min_size=min_size, max_size=max_size, seed=seed, splits=splits,
+    )  # fmt: skip

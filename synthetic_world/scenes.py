@@ -849,7 +849,30 @@ def write_synthetic_datasets(
     Returns:
         The names of the splits written.
     """
-    by_name = {s.name: s for s in SPLITS}
+    return write_splits(
+        SPLITS, write_split, root, num_train=num_train, num_val=num_val,
+        min_size=min_size, max_size=max_size, seed=seed, splits=splits,
+    )  # fmt: skip
+
+
+def write_splits(
+    table: Sequence,
+    write,
+    root: str,
+    *,
+    num_train: int,
+    num_val: int,
+    min_size: int,
+    max_size: int,
+    seed: int,
+    splits: Sequence[str] | None,
+) -> list[str]:
+    """Write the splits of ``table`` named in ``splits`` (None: all) with ``write(split, root, count, ...)``.
+
+    Training splits get ``num_train`` images, the others ``num_val``; an unknown name is an error
+    naming the choices. Returns the names written.
+    """
+    by_name = {s.name: s for s in table}
     names = list(by_name) if splits is None else list(splits)
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -857,5 +880,5 @@ def write_synthetic_datasets(
     for name in names:
         split = by_name[name]
         count = num_train if split.subset == "train" else num_val
-        write_split(split, os.fspath(root), count, min_size=min_size, max_size=max_size, seed=seed)
+        write(split, os.fspath(root), count, min_size=min_size, max_size=max_size, seed=seed)
     return names

@@ -317,8 +317,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_key(args: argparse.Namespace, cfg, model_digest: str, class_names: List[str]) -> dict:
-    """What every scene's output of this run depends on besides the scene: model, vocabulary, settings."""
+def run_key(args: argparse.Namespace, cfg, predictor: SCOREPredictor) -> dict:
+    """What every scene's output of this run depends on besides the scene: model, vocabulary, settings.
+
+    The model is the digest of the MODEL.WEIGHTS file, else of the model's state dict (random weights).
+    """
+    weights = cfg.MODEL.WEIGHTS
+    model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
+    class_names = predictor.class_names
     settings = {
         "confidence_threshold": args.confidence_threshold,
         "merge_threshold": args.merge_threshold,
@@ -765,9 +771,7 @@ def run_semantic(predictor, cfg, args: argparse.Namespace, paths: List[str]) -> 
         class_names,
         peak_rss_mib(),
     )
-    weights = cfg.MODEL.WEIGHTS
-    model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
-    key = run_key(args, cfg, model_digest, class_names)
+    key = run_key(args, cfg, predictor)
     key["settings"] = {
         "task": "semantic",
         "bands": args.bands,
@@ -847,9 +851,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         peak_rss_mib(),
     )
 
-    weights = cfg.MODEL.WEIGHTS
-    model_digest = file_digest(weights) if os.path.isfile(weights) else state_dict_digest(predictor.model)
-    key = run_key(args, cfg, model_digest, class_names)
+    key = run_key(args, cfg, predictor)
     rank, world = comm.get_rank(), comm.get_world_size()
     ids = image_ids(paths)
     conflicts = finished_elsewhere(paths, ids, args, cfg, key) if not args.overwrite else []
