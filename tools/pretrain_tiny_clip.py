@@ -459,12 +459,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--init", default=None, help="state dict to start from (a checkpoint of this script), not random"
     )
+    parser.add_argument(
+        "--new-words-only",
+        action="store_true",
+        help="objects only, with --init: train only the token embeddings of the words that no object "
+        "caption holds; the image tower and the embedding of every object caption stay those of --init",
+    )
     args = parser.parse_args(argv)
+    if args.new_words_only and (args.init is None or args.tower != "objects" or args.no_land_cover):
+        parser.error("--new-words-only needs --init, the objects tower and the land-cover concepts")
     if args.model is None:
         args.model = TINY_CONVNEXT if args.tower == "objects" else TINY_VIT
     if args.steps is None:
         args.steps = 300 if args.tower == "objects" else 600
     return args
+
+
+def object_tokens(tokenizer, concepts: dict[str, list[str]]) -> torch.Tensor:
+    """The token ids of every caption of the object concepts (all their names in all ``TEMPLATES``)."""
+    objects = [names for key, names in concepts.items() if not is_cover(key)]
+    return torch.unique(tokenizer([t.format(n) for names in objects for n in names for t in TEMPLATES]))
+
+
+def train_new_words_only(model, tokenizer, concepts: dict[str, list[str]]) -> torch.nn.Parameter:
+    """Freeze all but the token embeddings of words that no object caption holds; returns that parameter.
+
+    The image tower, the text transformer and the rows of the words of object
+    captions get no gradient, so what the detector computes for objects (its
+    image features, the embedding of every object caption) stays bit-identical,
+    while land-cover names, whose words are new, are trained in.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    embedding = model.token_embedding.weight
+    trainable = torch.ones(embedding.shape[0], 1)
+    trainable[object_tokens(tokenizer, concepts)] = 0
+    embedding.requires_grad_(True)
+    embedding.register_hook(lambda grad: grad * trainable)
+    covers = [n for key, names in concepts.items() if is_cover(key) for n in names]
+    new_words = int(trainable[torch.unique(tokenizer(covers))].sum())
+    logger.info("training the token embeddings of the %d new words of land-cover names only", new_words)
+    return embedding
 
 
 def _object_batch(rng, concepts, keys, batch_size, size):
@@ -521,12 +556,15 @@ def main(argv=None) -> float:
         keys = list(concepts)
         logger.info("%d concepts from %d class names", len(keys), sum(len(v) for v in concepts.values()))
     loss_fn = open_clip.ClipLoss()
-    # As open_clip's training does: no weight decay on gains, biases and the logit scale.
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-    )
+    if args.new_words_only:
+        # Rows without gradient and without weight decay are left exactly as they are by AdamW.
+        param_groups = [{"params": [train_new_words_only(model, tokenizer, concepts)], "weight_decay": 0.0}]
+    else:
+        # As open_clip's training does: no weight decay on gains, biases and the logit scale.
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+        param_groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(param_groups, lr=args.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()

@@ -228,3 +228,43 @@ def test_context_pretraining_reaches_the_shipped_scene_accuracy(tmp_path):
     shipped = _shipped_scene_accuracy(module, per_scene=25)["scene g"]
     accuracy = module.main(["--tower", "context", "--out", str(tmp_path / "vit.pt"), "--seed", "0"])
     assert accuracy >= shipped - 0.05, f"rerun {accuracy:.3f} vs shipped {shipped:.3f}"
+
+
+def test_new_words_only_leaves_everything_the_objects_use_bit_identical(tmp_path, monkeypatch):
+    """--new-words-only: only the token embeddings of words new to land-cover names are trained."""
+    import open_clip
+
+    from score.modeling.tiny_clip import TINY_CONVNEXT
+
+    module = _pretrain_module()
+    # The held-out region evaluation renders many scenes; the weights are what is checked here.
+    monkeypatch.setattr(module, "zero_shot_region_top1", lambda *args, **kwargs: {"objects": 0.0})
+    torch.manual_seed(0)
+    init = {k: v.half() for k, v in open_clip.create_model(TINY_CONVNEXT).state_dict().items()}
+    torch.save(init, tmp_path / "init.pt")
+    out = tmp_path / "out.pt"
+    module.main(
+        [
+            "--init",
+            str(tmp_path / "init.pt"),
+            "--new-words-only",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--lr",
+            "0.5",
+        ]
+        + ["--batch", "8", "--region-scenes", "0", "--eval-per-concept", "1"]
+    )
+    trained = torch.load(out, weights_only=True)
+    assert [k for k in init if not torch.equal(init[k], trained[k])] == ["token_embedding.weight"]
+    tokenizer = open_clip.get_tokenizer(TINY_CONVNEXT)
+    concepts = module.concept_names()
+    objects = module.object_tokens(tokenizer, concepts)
+    before, after = init["token_embedding.weight"], trained["token_embedding.weight"]
+    assert torch.equal(before[objects], after[objects])
+    new_words = [
+        int(t) for t in tokenizer(["vineyard", "plowed land", "coniferous"]).unique() if t not in objects
+    ]
+    assert new_words and all(not torch.equal(before[t], after[t]) for t in new_words)
