@@ -17,7 +17,11 @@ a false negative of another image in the batch. ``--captions-per-image`` draws
 more captions per crop (one ``ClipLoss`` term each) and ``--text-contrast``
 contrasts those caption sets with each other too, which spreads the classifier
 rows of concepts that the image term leaves nearly parallel (the shipped
-checkpoint uses neither).
+checkpoint's second stage draws 3 captions, without ``--text-contrast``).
+``--init`` goes on from a checkpoint; with ``--new-words-only`` only the token
+embeddings of the words that land-cover names bring and no object caption
+holds are trained, so that everything the detector computes for objects (image
+features, object caption embeddings) stays bit-identical to ``--init``.
 
 It logs the zero-shot top-1 over all concepts on held-out crops and regions (another
 seed) and writes an open_clip state dict (fp16), which loads through
