@@ -6,11 +6,14 @@
 Writes a --size x --size land-cover scene with its true classes
 (tools/make_geotiff_scene.py --landcover --labels), predicts its class map with
 ``tools/predict.py --task semantic`` tiled (--tiling always: windows at the test
-size, a quarter overlap) and untiled (--tiling never: the whole scene resized to
-the test size), and prints the share of pixels where the two maps agree, the
-disagreement within 4 px of an inner window edge against elsewhere (a seam shows
-as more disagreement near the edges), and each map's pixel accuracy against the
-true classes (the tiled one also near inner window edges and elsewhere).
+size, a quarter overlap) and untiled twice (--tiling never): the whole scene
+resized to the test size, and the whole scene in one pass at its own scale (the
+test size set to the scene's, so that the model sees the pixels the windows
+see). For each untiled map it prints the share of pixels where it agrees with
+the tiled one and the disagreement within 4 px of an inner window edge against
+elsewhere (a seam shows as more disagreement near the edges), and each map's
+pixel accuracy against the true classes (the tiled one also near inner window
+edges and elsewhere).
 Pixels within 40 px of the scene's border are left out of the disagreement
 (the untiled map's own border effects), as in tests/inference/test_classmap_seams.py.
 """
@@ -64,8 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
         subprocess.run(make, env=env, check=True, capture_output=True)
     stem = os.path.splitext(os.path.basename(scene))[0]
     maps = {}
-    for tiling in ("always", "never"):
-        output = os.path.join(args.workdir, tiling)
+    scene_scale = ["INPUT.MIN_SIZE_TEST", str(args.size), "INPUT.MAX_SIZE_TEST", str(args.size)]
+    runs = {
+        "tiled": ("always", []),
+        "untiled": ("never", []),
+        "untiled at scene scale": ("never", scene_scale),
+    }
+    for name, (tiling, overrides) in runs.items():
+        output = os.path.join(args.workdir, name.replace(" ", "_"))
         command = [sys.executable, os.path.join(REPO, "tools", "predict.py"), "--config-file", args.config]
         command += [
             "--input",
@@ -78,12 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
             tiling,
             "--no-vis",
         ]
-        command += ["--overwrite", "--opts", "MODEL.WEIGHTS", args.weights]
+        command += ["--overwrite", "--opts", "MODEL.WEIGHTS", args.weights, *overrides]
         run = subprocess.run(command, env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"tools/predict.py failed:\n{(run.stdout + run.stderr)[-3000:]}")
         with rasterio.open(os.path.join(output, "classmaps", f"{stem}.tif")) as src:
-            maps[tiling] = src.read(1)
+            maps[name] = src.read(1)
     with rasterio.open(truth) as src:
         labels = src.read(1)
     from score.config import get_score_cfg
@@ -93,25 +102,31 @@ def main(argv: list[str] | None = None) -> dict:
     tile = cfg.INPUT.MIN_SIZE_TEST
     windows = tile_windows(args.size, args.size, tile, tile // 4)
     inner = (slice(FRAME, -FRAME), slice(FRAME, -FRAME))
-    differ = (maps["always"] != maps["never"])[inner]
     near = near_inner_window_edges(windows, args.size, args.size)[inner]
+    tiled_right = maps["tiled"] == labels
     figures = {
-        "agreement": 1 - differ.mean(),
-        "near_edges": differ[near].mean(),
-        "elsewhere": differ[~near].mean(),
-        "tiled_accuracy": (maps["always"] == labels).mean(),
-        "tiled_accuracy_near_edges": (maps["always"] == labels)[inner][near].mean(),
-        "tiled_accuracy_elsewhere": (maps["always"] == labels)[inner][~near].mean(),
-        "untiled_accuracy": (maps["never"] == labels).mean(),
+        "tiled_accuracy": tiled_right.mean(),
+        "tiled_accuracy_near_edges": tiled_right[inner][near].mean(),
+        "tiled_accuracy_elsewhere": tiled_right[inner][~near].mean(),
     }
     print(
-        f"{args.size} x {args.size} px, {len(windows)} windows of {tile} px: tiled and untiled agree on "
-        f"{figures['agreement']:.1%} of the pixels; disagreement within {BORDER} px of an inner window edge "
-        f"{figures['near_edges']:.1%}, elsewhere {figures['elsewhere']:.1%}; pixel accuracy tiled "
-        f"{figures['tiled_accuracy']:.1%} "
-        f"({figures['tiled_accuracy_near_edges']:.1%} near inner window edges, "
-        f"{figures['tiled_accuracy_elsewhere']:.1%} elsewhere), untiled {figures['untiled_accuracy']:.1%}"
+        f"{args.size} x {args.size} px, {len(windows)} windows of {tile} px; pixel accuracy tiled "
+        f"{figures['tiled_accuracy']:.1%} ({figures['tiled_accuracy_near_edges']:.1%} within {BORDER} px "
+        f"of an inner window edge, {figures['tiled_accuracy_elsewhere']:.1%} elsewhere)"
     )
+    for name in ("untiled", "untiled at scene scale"):
+        differ = (maps["tiled"] != maps[name])[inner]
+        figures[name] = {
+            "agreement": 1 - differ.mean(),
+            "near_edges": differ[near].mean(),
+            "elsewhere": differ[~near].mean(),
+            "accuracy": (maps[name] == labels).mean(),
+        }
+        print(
+            f"{name}: agrees with tiled on {figures[name]['agreement']:.1%} of the pixels; disagreement "
+            f"within {BORDER} px of an inner window edge {figures[name]['near_edges']:.1%}, elsewhere "
+            f"{figures[name]['elsewhere']:.1%}; pixel accuracy {figures[name]['accuracy']:.1%}"
+        )
     return figures
 
 
