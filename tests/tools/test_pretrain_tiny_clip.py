@@ -43,17 +43,6 @@ def _shipped_top1(module, per_concept):
     )
 
 
-def _shipped_scene_accuracy(module, per_scene):
-    import open_clip
-
-    from score.modeling.clip_weights import create_clip_model
-    from score.modeling.tiny_clip import TINY_VIT
-
-    model = create_clip_model(TINY_VIT, CONTEXT_CHECKPOINT).float()
-    tokenizer = open_clip.get_tokenizer(TINY_VIT)
-    return module.scene_accuracy(model, tokenizer, seed=1000, per_scene=per_scene, size=224)
-
-
 def test_concepts_cover_every_class_of_every_split():
     from score.data.datasets import SEM_SEG_SPLITS, SPLITS
     from score.vocabulary import canonical_class_name
@@ -181,17 +170,40 @@ def test_shipped_context_tower_names_held_out_scene_types_through_the_config_pat
 
 
 @pytest.mark.slow
-def test_pretraining_reaches_the_shipped_accuracy(tmp_path):
+def test_new_words_stage_trains_land_cover_into_the_shipped_object_towers(tmp_path, monkeypatch):
+    """Stage 2 of weights/tiny_world/README.md, shortened: from the shipped checkpoint with the words of
+    land-cover names set back to random, 80 steps name held-out land-cover patches again."""
+    import open_clip
+
+    from score.modeling.clip_weights import create_clip_model
+    from score.modeling.tiny_clip import TINY_CONVNEXT
+
     module = _pretrain_module()
-    shipped = _shipped_top1(module, per_concept=10)["objects"]
-    # The two stages of weights/tiny_world/README.md: the objects, then land cover trained in.
-    objects = str(tmp_path / "objects.pt")
-    module.main(["--out", objects, "--seed", "0", "--no-land-cover"])
-    top1 = module.main(
-        ["--init", objects, "--new-words-only", "--out", str(tmp_path / "convnext.pt"), "--steps", "300"]
-        + ["--lr", "5e-3", "--captions-per-image", "3", "--seed", "0"]
+    monkeypatch.setattr(module, "zero_shot_region_top1", lambda *args, **kwargs: {"objects": 0.0})
+    tokenizer = open_clip.get_tokenizer(TINY_CONVNEXT)
+    concepts = module.concept_names()
+    objects = set(module.object_tokens(tokenizer, concepts).tolist())
+    covers = [n for key, names in concepts.items() if module.is_cover(key) for n in names]
+    new_words = [t for t in tokenizer(covers).unique().tolist() if t not in objects]
+    state = torch.load(REPO / CHECKPOINT, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    embedding = state["token_embedding.weight"]
+    embedding[new_words] = (
+        0.02 * torch.randn(len(new_words), embedding.shape[1], generator=generator)
+    ).half()
+    torch.save(state, tmp_path / "reset.pt")
+    before = module.zero_shot_top1(
+        create_clip_model(TINY_CONVNEXT, str(tmp_path / "reset.pt")), tokenizer, concepts, 1000, 3, 64
     )
-    assert top1 >= shipped - 0.05, f"rerun {top1:.3f} vs shipped {shipped:.3f}"
+    module.main(
+        ["--init", str(tmp_path / "reset.pt"), "--new-words-only", "--out", str(tmp_path / "convnext.pt")]
+        + ["--steps", "80", "--lr", "5e-3", "--captions-per-image", "3", "--eval-per-concept", "3"]
+    )
+    after = module.zero_shot_top1(
+        create_clip_model(TINY_CONVNEXT, str(tmp_path / "convnext.pt")), tokenizer, concepts, 1000, 3, 64
+    )
+    # Measured: 52 % after 80 steps (61 % shipped after 300), chance 1 / 80.
+    assert before["land cover"] < 0.1 and after["land cover"] >= 0.35, (before, after)
 
 
 def test_shipped_checkpoint_names_mask_pooled_scene_regions():
@@ -213,11 +225,13 @@ def test_shipped_checkpoint_names_mask_pooled_scene_regions():
 
 
 @pytest.mark.slow
-def test_context_pretraining_reaches_the_shipped_scene_accuracy(tmp_path):
+def test_context_pretraining_learns_the_scene_types(tmp_path):
+    """The command of weights/tiny_world/README.md, shortened to 150 of its 600 steps."""
     module = _pretrain_module()
-    shipped = _shipped_scene_accuracy(module, per_scene=25)["scene g"]
-    accuracy = module.main(["--tower", "context", "--out", str(tmp_path / "vit.pt"), "--seed", "0"])
-    assert accuracy >= shipped - 0.05, f"rerun {accuracy:.3f} vs shipped {shipped:.3f}"
+    command = ["--tower", "context", "--out", str(tmp_path / "vit.pt"), "--steps", "150", "--seed", "0"]
+    accuracy = module.main(command + ["--eval-per-scene", "10"])
+    # Measured: 86 % of held-out whole scenes after 150 steps (99.5 % shipped after 600), chance 1 / 8.
+    assert accuracy >= 0.6, f"scene-type accuracy of g {accuracy:.3f} after 150 steps"
 
 
 def test_new_words_only_leaves_everything_the_objects_use_bit_identical(tmp_path, monkeypatch):
