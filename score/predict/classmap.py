@@ -293,8 +293,8 @@ class ClassMapSink:
                     os.remove(os.path.join(self.folder, name))
         elif "strip" not in state:
             raise ValueError(
-                f"{self.folder}: the checkpoint there is of an older layout of the class map; "
-                "run with --resume never to start the scene over"
+                f"{self.folder} holds a partial class map of an older layout, which cannot be continued; "
+                "remove the folder to start the scene over"
             )
         else:
             self._top, self._strip = state["final_rows"], state["strip"]

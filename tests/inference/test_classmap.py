@@ -195,6 +195,25 @@ def test_killed_in_any_row_and_resumed_writes_the_same_bytes(tmp_path, dies_at):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
+def test_a_checkpoint_without_a_strip_is_an_error_that_names_the_folder(tmp_path):
+    calls = []
+
+    def dies_at_tile_6(image):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return fake_model(image)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, predict=dies_at_tile_6)
+    manifest = tmp_path / "scenes/scene/manifest.json"
+    state = json.loads(manifest.read_text())
+    state["band"] = state.pop("strip")  # the sums of a whole row of windows
+    manifest.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"scenes/scene holds a partial class map of an older layout"):
+        run(tmp_path)
+
+
 def test_memory_does_not_grow_with_the_scene_width(tmp_path):
     """The sums held are one window's, not a row of windows: a 4x wider scene peaks at about the same."""
     peaks = []
