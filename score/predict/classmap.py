@@ -370,7 +370,7 @@ class ClassMapSink:
         done = self._open[:, : bottom - top, :count]
         self._classify(done[:, :final], self._left, until, top)
         if self._strip_out is not None:  # column after column: the next row reads it as it moves right
-            self._strip_out.write(np.ascontiguousarray(done[:, final:].transpose(2, 0, 1)).tobytes())
+            self._strip_out.write(np.ascontiguousarray(done[:, final:].transpose(2, 0, 1)))
         kept = self._right - until
         for plane in self._open:  # class by class: no copy of all the open sums
             plane[:, :kept] = plane[:, count : count + kept]
@@ -401,9 +401,9 @@ class ClassMapSink:
     def _end_row(self) -> None:
         """The row's final pixel rows go to the raw files; its strip is complete."""
         final = self._next_top(self._row) - self._rows[self._row][2]
-        self._streams["labels"].write(self._labels[:final].tobytes())
+        self._streams["labels"].write(self._labels[:final])
         if self._best is not None:
-            self._streams["scores"].write(self._best[:final].tobytes())
+            self._streams["scores"].write(self._best[:final])
         for stream in self._streams.values():
             stream.flush()
         if self._strip_in is not None:
