@@ -678,8 +678,8 @@ def tile_overlap(args: argparse.Namespace, cfg) -> int:
     return tile_size // 4 if args.tile_overlap is None else args.tile_overlap
 
 
-def class_map_sink(reader, image_id: str, args, cfg, class_names, *, canvas=None) -> ClassMapSink:
-    """What is done with the tiles of one scene for a class map (GeoTIFF outputs for a (Geo)TIFF)."""
+def class_map_sink(reader, image_id: str, args, cfg, class_names, windows, *, canvas=None) -> ClassMapSink:
+    """What is done with the tiles (``windows``) of one scene for a class map (GeoTIFF outputs for a TIFF)."""
     geotiff = isinstance(reader, GeoTiffReader)
     vectorize = {"simplify": args.simplify, "min_area": args.min_area} if args.vectorize else None
     return ClassMapSink(
@@ -688,6 +688,7 @@ def class_map_sink(reader, image_id: str, args, cfg, class_names, *, canvas=None
         image_id=image_id,
         height=reader.height,
         width=reader.width,
+        windows=windows,
         class_names=class_names,
         overlap=tile_overlap(args, cfg),
         reader=reader,
@@ -717,7 +718,7 @@ def process_semantic(predictor, reader, path: str, image_id: str, args, cfg, key
         error = None
         if not SceneEngine.is_done(args.output, stem, key):
             try:
-                sink = class_map_sink(reader, image_id, args, cfg, names)  # only tile() and encode()
+                sink = class_map_sink(reader, image_id, args, cfg, names, windows)  # only tile(), encode()
                 tiles = rank_tiles(windows, rank, world)
                 part = part_path(args.output, stem, rank, world)
                 progress = tiled and rank == 0
@@ -735,7 +736,7 @@ def process_semantic(predictor, reader, path: str, image_id: str, args, cfg, key
     engine = SceneEngine(
         args.output,
         stem,
-        sink=class_map_sink(reader, image_id, args, cfg, names, canvas=canvas),
+        sink=class_map_sink(reader, image_id, args, cfg, names, windows, canvas=canvas),
         image_id=image_id,
         height=reader.height,
         width=reader.width,

@@ -1,25 +1,33 @@
 """The semantic task of the scene engine: class scores of overlapping windows blended into a class map.
 
 Shorthand: K classes, H x W the scene, T tile side, O tile overlap (px), rows
-of tiles r = 0..R-1, ``top(r)`` the first pixel row of the tiles of row r.
+of tiles r = 0..R-1, ``top(r)`` and ``bottom(r)`` the first and one past the
+last pixel row of the tiles of row r (``top(R)`` = H), S(r) = bottom(r - 1) -
+top(r) the pixel rows that row r shares with the rows above (O, or more where
+the last row of tiles is moved back to end at the scene border).
 
 :class:`ClassMapSink` is the :class:`score.predict.scene.SceneSink` of
 semantic segmentation. Each window's (K, h, w) class probabilities are added to
 running sums weighted by :func:`window_weights`: 1 inside, falling linearly
 over the O px next to a window border that lies inside the scene (never 0),
 so that where windows overlap the scores fade from one into the other and no
-seam shows. A pixel is final once no later window covers it: before row r
-begins, every row above ``top(r)`` is. Those rows are turned into classes
-(the highest blended score; no data where the input has none, see
-``reader.valid``, or where the score is below ``min_confidence``) and
-appended to an uncompressed raw file; the sums are kept only for the rows
-from ``top(r)`` down, about one row of tiles: memory is (K + 1) x T x W
-float32, never the scene.
+seam shows. A pixel is final once no later window covers it: within row r,
+once the next window begins to its right, the columns left of that window
+are final in the pixel rows above ``top(r + 1)``; those become classes (the
+highest blended score; no data where the input has none, see
+``reader.valid``, or where the score is below ``min_confidence``) in a
+buffer of those rows, which goes to an uncompressed raw file when the row
+ends. The same columns of the rows from ``top(r + 1)`` down, which the next
+row of tiles adds to, are appended to a *strip* file, column after column;
+row r + 1 reads it back, column after column, as its windows move right.
+Memory is the sums of one window ((K + 1) x T x T float32) and the classes of
+one row of tiles (T x W), whatever the scene; the strip, (K + 1) x S x W
+float32, is on disk.
 
-At each checkpoint the sink saves those open rows (sums and weights) in
-``band.<r>.npz``; the raw files are engine-tracked (their lengths are in the
-manifest), so a resumed scene continues from the last finished row and writes
-the same bytes as an uninterrupted one. :meth:`ClassMapSink.finish` then
+The strip a row of tiles begins with is its checkpoint: the raw files are
+engine-tracked (their lengths are in the manifest), so a resumed scene
+continues from the last finished row with the strip it had and writes the
+same bytes as an uninterrupted one. :meth:`ClassMapSink.finish` then
 writes the outputs from the raw files, block by block.
 
 Files under the output folder, for a scene whose output stem is ``S``
@@ -27,7 +35,7 @@ Files under the output folder, for a scene whose output stem is ``S``
 
     scenes/S/labels.raw         final rows of classes, (H, W) uint8 or uint16 (removed when done)
     scenes/S/confidence.raw     final rows of the winning score, float32 (--confidence; removed when done)
-    scenes/S/band.<r>.npz       blended sums of the rows still open after r rows of tiles
+    scenes/S/strip.<r>.raw      blended sums that row r of tiles begins with, (W, K + 1, S(r)) float32
     classmaps/S.png             palette PNG of the class map (value = class index, 255 = no data)
     classmaps/S.tif             GeoTIFF class map on the input's grid (GeoTIFF input; a COG with --cog)
     classmaps/S.classes.json    value, name, synonyms and colour of each class, and the no-data value
@@ -41,7 +49,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -60,13 +68,13 @@ from .raster import (
     write_classes_json,
 )
 from .scene import scene_folder
-from .windows import Box
+from .windows import Box, row_starts
 
-__all__ = ["ClassMapSink", "draw_class_map", "window_weights"]
+__all__ = ["ClassMapSink", "draw_class_map", "row_layout", "window_weights"]
 
 logger = logging.getLogger(__name__)
 
-# Rows of the open band turned into classes at a time.
+# Pixel rows of a window turned into classes at a time.
 _FINAL_ROWS = 32
 
 
@@ -92,6 +100,38 @@ def window_weights(window: Box, height: int, width: int, overlap: int) -> np.nda
     rows = _ramp(y1 - y0, y0 > 0, y1 < height, overlap)
     cols = _ramp(x1 - x0, x0 > 0, x1 < width, overlap)
     return rows[:, None] * cols[None, :]
+
+
+def row_layout(windows: Sequence[Box], height: int, width: int) -> List[Tuple[int, int, int, int]]:
+    """(first tile, last tile, top, bottom) of each row of row-major ``windows`` covering an H x W scene.
+
+    The class map needs what :func:`score.predict.windows.tile_windows` makes:
+    the windows of a row span the same pixel rows and go left to right from
+    column 0 to W, each beginning inside the one before; the rows go top down
+    from row 0 to H, each beginning inside the one above. Anything else is a
+    ValueError naming the row.
+    """
+    starts = row_starts(windows) + [len(windows)]
+    rows: List[Tuple[int, int, int, int]] = []
+    for first, end in zip(starts, starts[1:]):
+        row = windows[first:end]
+        top, bottom = row[0][1], row[0][3]
+        above = rows[-1] if rows else None
+        tiled = (
+            all((w[1], w[3]) == (top, bottom) for w in row)
+            and row[0][0] == 0
+            and row[-1][2] == width
+            and all(a[0] < b[0] <= a[2] <= b[2] for a, b in zip(row, row[1:]))
+            and (top == 0 if above is None else above[2] < top <= above[3] <= bottom)
+            and (end < len(windows) or bottom == height)
+        )
+        if not tiled:
+            raise ValueError(
+                f"windows {first}..{end - 1} ({row[0]}...{row[-1]}) do not tile a {height} x {width} px "
+                "scene row by row (see score.predict.windows.tile_windows)"
+            )
+        rows.append((first, end - 1, top, bottom))
+    return rows
 
 
 def draw_class_map(
@@ -137,6 +177,7 @@ class ClassMapSink:
         image_id: str,
         height: int,
         width: int,
+        windows: Sequence[Box],
         class_names: Sequence[str],
         overlap: int,
         reader=None,
@@ -155,6 +196,7 @@ class ClassMapSink:
             stem: the scene's file stem (see the module docstring).
             image_id: the scene's name in logs and in the GeoJSON.
             height, width: scene size (px).
+            windows: the tile windows, row-major, as the engine gets them (see :func:`row_layout`).
             class_names: the vocabulary (K classes; values 0..K-1).
             overlap: O, the px over which the weights of a window fall off at an inner border.
             reader: the scene; when it has ``valid(window) -> (h, w) bool`` (True = data),
@@ -197,14 +239,19 @@ class ClassMapSink:
         self.files = {"labels": os.path.join(self.folder, "labels.raw")}
         if geotiff and confidence:
             self.files["scores"] = os.path.join(self.folder, "confidence.raw")
+        self.windows = [tuple(w) for w in windows]
+        self._rows = row_layout(self.windows, height, width)
+        self._row_of = {first: r for r, (first, _, _, _) in enumerate(self._rows)}
         self._streams: Dict[str, object] = {}
         self._top = 0  # rows above are final (in the raw files)
-        # The open band: rows top.. of the sums and weights, views of buffers that grow to the
-        # tallest window's height once and are reused (no copies of the band as it grows).
-        self._sum_rows = np.zeros((len(self.class_names), 0, width), np.float32)
-        self._weight_rows = np.zeros((0, width), np.float32)
-        self._sums, self._weights = self._sum_rows, self._weight_rows
-        self._band: Optional[str] = None
+        self._strip: Optional[str] = None  # the strip of the last checkpoint
+        # The row of tiles under way: its index, the columns [left, right) whose sums are open.
+        self._row: Optional[int] = None
+        self._left = self._right = 0
+        self._open: Optional[np.ndarray] = None  # (K + 1, h, w) sums and weights of the open columns
+        self._labels: Optional[np.ndarray] = None  # (h, W) classes of the row's final pixel rows
+        self._best: Optional[np.ndarray] = None  # (h, W) their winning scores (--confidence)
+        self._strip_in = self._strip_out = None
         self._finished = False
         self.regions: Optional[int] = None
 
@@ -242,88 +289,140 @@ class ClassMapSink:
             return
         if state is None:
             for name in os.listdir(self.folder):
-                if name.startswith("band.") and name.endswith(".npz"):
+                if name.startswith("strip.") and name.endswith(".raw"):
                     os.remove(os.path.join(self.folder, name))
+        elif "strip" not in state:
+            raise ValueError(
+                f"{self.folder} holds a partial class map of an older layout, which cannot be continued; "
+                "remove the folder to start the scene over"
+            )
         else:
-            self._top = state["final_rows"]
-            self._band = state["band"]
-            with np.load(os.path.join(self.folder, self._band)) as band:
-                self._sum_rows, self._weight_rows = band["sums"], band["weights"]
-                self._sums, self._weights = self._sum_rows, self._weight_rows
+            self._top, self._strip = state["final_rows"], state["strip"]
+        rows = max(bottom - top for _, _, top, bottom in self._rows)
+        self._open = np.zeros(
+            (len(self.class_names) + 1, rows, max(x1 - x0 for x0, _, x1, _ in self.windows)), np.float32
+        )
+        self._labels = np.empty((rows, self.width), self.dtype)
+        if "scores" in self.files:
+            self._best = np.empty((rows, self.width), np.float32)
         self._streams = {name: open(path, "ab") for name, path in self.files.items()}
 
+    def _strip_path(self, row: int) -> str:
+        return os.path.join(self.folder, f"strip.{row}.raw")
+
+    def _next_top(self, row: int) -> int:
+        return self._rows[row + 1][2] if row + 1 < len(self._rows) else self.height
+
     def add(self, index: int, window: Box, tile: np.ndarray) -> Dict:
+        if tuple(window) != self.windows[index]:
+            raise ValueError(
+                f"tile {index} has window {window}; the class map was given {self.windows[index]}"
+            )
+        if index in self._row_of:
+            self._begin_row(self._row_of[index])
         x0, y0, x1, y1 = window
-        if y0 < self._top:
-            raise ValueError(f"window {window} reaches rows above {self._top}, which are final")
-        rows = y1 - self._top
-        if rows > self._weights.shape[0]:  # grow the open band down to the window's bottom
-            self._open_rows(rows)
+        self._extend(x1)
         weights = window_weights(window, self.height, self.width, self.overlap)
-        top, bottom = y0 - self._top, y1 - self._top
-        self._sums[:, top:bottom, x0:x1] += tile.astype(np.float32) * weights
-        self._weights[top:bottom, x0:x1] += weights
+        columns = slice(x0 - self._left, x1 - self._left)
+        self._open[:-1, : y1 - y0, columns] += tile.astype(np.float32) * weights
+        self._open[-1, : y1 - y0, columns] += weights
+        last = self._rows[self._row][1]
+        self._settle(self.windows[index + 1][0] if index < last else self.width)
+        if index == last:
+            self._end_row()
         return {}
 
-    def _valid(self, top: int, bottom: int) -> Optional[np.ndarray]:
-        """(rows, W) bool: where the input has data (None: everywhere)."""
-        if self.reader is None or not hasattr(self.reader, "valid"):
-            return None
-        return np.asarray(self.reader.valid((0, top, self.width, bottom)), dtype=bool)
+    def _begin_row(self, row: int) -> None:
+        top = self._rows[row][2]
+        if top != self._top:
+            raise ValueError(
+                f"row {row} of tiles begins at pixel row {top}, but rows above {self._top} are final"
+            )
+        self._row, self._left, self._right = row, 0, 0
+        self._strip_in = open(self._strip_path(row), "rb") if row > 0 else None
+        self._strip_out = open(self._strip_path(row + 1), "wb") if row + 1 < len(self._rows) else None
 
-    def _finalize(self, until: int) -> None:
-        """Rows [top, until) become classes, appended to the raw files, and leave the open band."""
-        count = until - self._top
+    def _extend(self, right: int) -> None:
+        """Open the columns up to ``right``: the sums of the strip in the rows it holds, 0 below."""
+        if right <= self._right:
+            return
+        row = self._row
+        carried = self._rows[row - 1][3] - self._rows[row][2] if row > 0 else 0
+        new = slice(self._right - self._left, right - self._left)
+        self._open[:, :, new] = 0
+        if carried:
+            count = right - self._right
+            data = self._strip_in.read(count * self._open.shape[0] * carried * 4)
+            if len(data) != count * self._open.shape[0] * carried * 4:
+                raise OSError(f"{self._strip_in.name} is shorter than row {row} of tiles needs")
+            strip = np.frombuffer(data, np.float32).reshape(count, self._open.shape[0], carried)
+            self._open[:, :carried, new] = strip.transpose(1, 2, 0)
+        self._right = right
+
+    def _settle(self, until: int) -> None:
+        """No later window of this row covers the columns left of ``until``: their final pixel rows become
+        classes, the rows below go to the next strip, and they leave the open columns."""
+        count = until - self._left
         if count <= 0:
             return
-        if self._weights[:count].min(initial=1.0) <= 0:
-            raise ValueError(f"rows {self._top}..{until} of {self.image_id} are not covered by any window")
-        for start in range(0, count, _FINAL_ROWS):  # a few rows at a time: no (K, count, W) scores
-            stop = min(count, start + _FINAL_ROWS)
-            scores = self._sums[:, start:stop] / self._weights[start:stop]
+        _, _, top, bottom = self._rows[self._row]
+        final = self._next_top(self._row) - top
+        done = self._open[:, : bottom - top, :count]
+        self._classify(done[:, :final], self._left, until, top)
+        if self._strip_out is not None:  # column after column: the next row reads it as it moves right
+            self._strip_out.write(np.ascontiguousarray(done[:, final:].transpose(2, 0, 1)))
+        kept = self._right - until
+        for plane in self._open:  # class by class: no copy of all the open sums
+            plane[:, :kept] = plane[:, count : count + kept]
+        self._left = until
+
+    def _classify(self, sums: np.ndarray, x0: int, x1: int, top: int) -> None:
+        """Final (K + 1, rows, x1 - x0) sums and weights of columns x0..x1 from pixel row ``top``: classes."""
+        valid = self._valid((x0, top, x1, top + sums.shape[1]))
+        for start in range(0, sums.shape[1], _FINAL_ROWS):  # a few rows at a time: small temporaries
+            stop = min(sums.shape[1], start + _FINAL_ROWS)
+            scores = sums[:-1, start:stop] / sums[-1, start:stop]
             labels = scores.argmax(axis=0).astype(self.dtype)
             best = np.take_along_axis(scores, labels[None].astype(np.int64), 0)[0]
             labels[best < self.min_confidence] = self.nodata
-            valid = self._valid(self._top + start, self._top + stop)
             if valid is not None:
-                labels[~valid] = self.nodata
-                best[~valid] = np.nan
-            self._streams["labels"].write(np.ascontiguousarray(labels).tobytes())
-            if "scores" in self._streams:
-                self._streams["scores"].write(np.ascontiguousarray(best, np.float32).tobytes())
+                labels[~valid[start:stop]] = self.nodata
+                best[~valid[start:stop]] = np.nan
+            self._labels[start:stop, x0:x1] = labels
+            if self._best is not None:
+                self._best[start:stop, x0:x1] = best
+
+    def _valid(self, window: Box) -> Optional[np.ndarray]:
+        """(h, w) bool: where the input has data in ``window`` (None: everywhere)."""
+        if self.reader is None or not hasattr(self.reader, "valid"):
+            return None
+        return np.asarray(self.reader.valid(window), dtype=bool)
+
+    def _end_row(self) -> None:
+        """The row's final pixel rows go to the raw files; its strip is complete."""
+        final = self._next_top(self._row) - self._rows[self._row][2]
+        self._streams["labels"].write(self._labels[:final])
+        if self._best is not None:
+            self._streams["scores"].write(self._best[:final])
         for stream in self._streams.values():
             stream.flush()
-        rest = self._weights.shape[0] - count
-        for plane in self._sum_rows:  # class by class: no copy of the whole band when it moves up
-            plane[:rest] = plane[count : count + rest]
-        self._weight_rows[:rest] = self._weight_rows[count : count + rest]
-        self._sums, self._weights = self._sum_rows[:, :rest], self._weight_rows[:rest]
-        self._top = until
-
-    def _open_rows(self, rows: int) -> None:
-        """Extend the open band to ``rows`` rows (the new ones 0), growing the buffers when too small."""
-        open_rows = self._weights.shape[0]
-        if rows > self._weight_rows.shape[0]:
-            sums = np.zeros((len(self.class_names), rows, self.width), np.float32)
-            weights = np.zeros((rows, self.width), np.float32)
-            sums[:, :open_rows], weights[:open_rows] = self._sums, self._weights
-            self._sum_rows, self._weight_rows = sums, weights
-        else:
-            self._sum_rows[:, open_rows:rows] = 0
-            self._weight_rows[open_rows:rows] = 0
-        self._sums, self._weights = self._sum_rows[:, :rows], self._weight_rows[:rows]
+        if self._strip_in is not None:
+            self._strip_in.close()
+        if self._strip_out is not None:
+            self._strip_out.flush()
+            os.fsync(self._strip_out.fileno())  # the next checkpoint names it
+            self._strip_out.close()
+        self._strip_in = self._strip_out = None
+        self._top += final
 
     def row_done(self, rows: int, top: int) -> Dict:
-        self._finalize(top)
-        self._band = f"band.{rows}.npz"
-        with open(os.path.join(self.folder, self._band), "wb") as f:
-            np.savez(f, sums=self._sums, weights=self._weights)
-        return {"final_rows": self._top, "band": self._band}
+        self._strip = os.path.basename(self._strip_path(rows))
+        return {"final_rows": self._top, "strip": self._strip}
 
     def saved(self) -> None:
-        """Remove the bands of older checkpoints (and, once the scene is done, the raw files)."""
+        """Remove the strips of older checkpoints (and, once the scene is done, the raw files)."""
         for name in os.listdir(self.folder):
-            if name.startswith("band.") and name.endswith(".npz") and name != self._band:
+            if name.startswith("strip.") and name.endswith(".raw") and name != self._strip:
                 os.remove(os.path.join(self.folder, name))
         if self._finished:
             for path in self.files.values():
@@ -334,16 +433,16 @@ class ClassMapSink:
         return {"final_rows": self._top}
 
     def finish(self) -> Dict:
-        self._finalize(self.height)
+        if self._top != self.height:
+            raise ValueError(f"{self.image_id}: rows {self._top}.. are not final: not every tile was added")
         for stream in self._streams.values():
             stream.close()
         self._streams = {}
-        self._sum_rows, self._weight_rows = self._sum_rows[:, :0], self._weight_rows[:0]
-        self._sums, self._weights = self._sum_rows, self._weight_rows
+        self._open = self._labels = self._best = None
         self._write_outputs()
         self._finished = True
-        self._band = None
-        return {"final_rows": self._top, "band": None, "regions": self.regions}
+        self._strip = None
+        return {"final_rows": self._top, "strip": None, "regions": self.regions}
 
     # Outputs -----------------------------------------------------------------------------------------
 

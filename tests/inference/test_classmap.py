@@ -3,6 +3,7 @@
 import score  # noqa: F401, I001  (first: its shims let detectron2 import without detectron2._C)
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from rasterio.crs import CRS
 from shapely.geometry import shape
 
-from score.predict.classmap import ClassMapSink, window_weights
+from score.predict.classmap import ClassMapSink, row_layout, window_weights
 from score.predict.scene import SceneEngine, predict_tiles
 from score.predict.sharding import part_path, predict_tile_part, rank_tiles, stream_from_parts
 from score.predict.windows import tile_windows
@@ -56,7 +57,7 @@ def fake_model(image):
     return scores
 
 
-def make_sink(out, reader, **options):
+def make_sink(out, reader, windows, **options):
     settings = {"geotiff": True, "transform": TRANSFORM, "crs": CRS_UTM, "canvas": None, **options}
     return ClassMapSink(
         str(out),
@@ -64,17 +65,42 @@ def make_sink(out, reader, **options):
         image_id="scene.tif",
         height=reader.height,
         width=reader.width,
+        windows=windows,
         class_names=NAMES,
-        overlap=OVERLAP,
         reader=reader,
-        **settings,
+        **{"overlap": OVERLAP, **settings},
     )
 
 
-def run(out, reader=None, predict=fake_model, **options):
+def random_model(image):
+    """(K, h, w) random scores drawn from the window's content (the same window, the same scores)."""
+    rng = np.random.default_rng(int(image[..., 0].astype(np.int64).sum()) + image.shape[0] * image.shape[1])
+    return rng.random((len(NAMES), *image.shape[:2]), dtype=np.float32)
+
+
+def blended(reader, windows, overlap, sink, predict=random_model):
+    """The class map and winning score computed directly: every window's weighted scores added to
+    sums of the whole scene in window order, divided by the summed weights."""
+    sums = np.zeros((len(NAMES), reader.height, reader.width), np.float32)
+    weights = np.zeros((reader.height, reader.width), np.float32)
+    for window in windows:
+        x0, y0, x1, y1 = window
+        weight = window_weights(window, reader.height, reader.width, overlap)
+        sums[:, y0:y1, x0:x1] += sink.tile(window, predict(reader.read(window))).astype(np.float32) * weight
+        weights[y0:y1, x0:x1] += weight
+    scores = sums / weights
+    labels = scores.argmax(axis=0).astype(np.uint8)
+    best = np.take_along_axis(scores, labels[None].astype(np.int64), 0)[0]
+    labels[best < sink.min_confidence] = 255
+    if hasattr(reader, "valid"):
+        labels[~reader._valid], best[~reader._valid] = 255, np.nan
+    return labels, best
+
+
+def run(out, reader=None, predict=fake_model, tile=TILE, overlap=OVERLAP, **options):
     reader = reader or ScoreReader()
-    windows = tile_windows(reader.height, reader.width, TILE, OVERLAP)
-    sink = make_sink(out, reader, **options)
+    windows = tile_windows(reader.height, reader.width, tile, overlap)
+    sink = make_sink(out, reader, windows, overlap=overlap, **options)
     engine = SceneEngine(
         str(out),
         "scene",
@@ -126,6 +152,91 @@ def test_class_map_on_the_input_grid_with_classes_and_colours(tmp_path):
     assert sorted(os.listdir(tmp_path / "scenes/scene")) == ["manifest.json", "progress.jsonl"]
 
 
+# (H, W, T, O): the last row and column of windows moved back (overlap 26 and 42 px instead of 16);
+# overlap > T / 2 (a pixel row in three rows of windows); one window larger than the scene.
+LAYOUTS = [(150, 170, 64, 16), (97, 203, 64, 40), (50, 40, 64, 16)]
+
+
+@pytest.mark.parametrize("height, width, tile, overlap", LAYOUTS)
+def test_class_map_is_the_blend_of_all_windows_bit_for_bit(tmp_path, height, width, tile, overlap):
+    valid = np.ones((height, width), bool)
+    valid[height // 3 : height // 2, width // 4 :] = False
+    reader = ScoreReader(height, width, valid=valid)
+    options = {"confidence": True, "min_confidence": 0.3}
+    run(tmp_path, reader, predict=random_model, tile=tile, overlap=overlap, **options)
+    windows = tile_windows(height, width, tile, overlap)
+    labels, best = blended(reader, windows, overlap, make_sink(tmp_path, reader, windows, **options))
+    assert len(np.unique(labels)) == len(NAMES) + 1  # every class and no data
+    with rasterio.open(tmp_path / "classmaps/scene.tif") as src:
+        np.testing.assert_array_equal(src.read(1), labels)
+    with rasterio.open(tmp_path / "classmaps/scene.confidence.tif") as src:
+        assert src.read(1).tobytes() == best.tobytes()
+
+
+@pytest.mark.parametrize("dies_at", [3, 10, 17])  # 7 windows a row: in rows 0, 1 and 2 (the last)
+def test_killed_in_any_row_and_resumed_writes_the_same_bytes(tmp_path, dies_at):
+    height, width, tile, overlap = LAYOUTS[1]
+    reader = ScoreReader(height, width)
+    layout = {"tile": tile, "overlap": overlap, "confidence": True}
+    run(tmp_path / "whole", reader, predict=random_model, **layout)
+    calls = []
+
+    def dies(image):
+        calls.append(1)
+        if len(calls) == dies_at:
+            raise KeyboardInterrupt
+        return random_model(image)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", reader, predict=dies, **layout)
+    engine = run(tmp_path / "cut", reader, predict=random_model, **layout)
+    assert engine.resumed and len(row_layout(engine.windows, height, width)) == 3
+    for name in OUTPUTS + ["classmaps/scene.confidence.tif"]:
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_a_checkpoint_without_a_strip_is_an_error_that_names_the_folder(tmp_path):
+    calls = []
+
+    def dies_at_tile_6(image):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return fake_model(image)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, predict=dies_at_tile_6)
+    manifest = tmp_path / "scenes/scene/manifest.json"
+    state = json.loads(manifest.read_text())
+    state["band"] = state.pop("strip")  # the sums of a whole row of windows
+    manifest.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"scenes/scene holds a partial class map of an older layout"):
+        run(tmp_path)
+
+
+def test_memory_does_not_grow_with_the_scene_width(tmp_path):
+    """The sums held are one window's, not a row of windows: a 4x wider scene peaks at about the same."""
+    peaks = []
+    for width in (500, 2000):
+        reader = ScoreReader(64, width)
+        tracemalloc.start()
+        run(tmp_path / str(width), reader, predict=random_model)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    sums_of_a_row = (len(NAMES) + 1) * TILE * 1500 * 4  # what 1500 px more of a row of windows holds
+    assert peaks[1] - peaks[0] < sums_of_a_row / 4
+
+
+def test_windows_that_do_not_tile_the_scene_row_by_row_are_an_error():
+    assert row_layout(tile_windows(H, W, TILE, OVERLAP), H, W)[-1] == (8, 11, 86, 150)
+    with pytest.raises(ValueError, match="windows 0..1"):
+        row_layout([(0, 0, 64, 64), (70, 0, 134, 64)], 64, 134)  # a gap between windows
+    with pytest.raises(ValueError, match="windows 2..3"):
+        row_layout([(0, 0, 64, 64), (60, 0, 124, 64), (0, 70, 64, 134), (60, 70, 124, 134)], 134, 124)
+    with pytest.raises(ValueError, match="windows 0..0"):
+        row_layout([(0, 0, 64, 64)], 100, 64)  # rows below the last window
+
+
 def test_min_confidence_makes_unsure_pixels_no_data(tmp_path):
     run(tmp_path, min_confidence=0.9)
     with rasterio.open(tmp_path / "classmaps/scene.tif") as src:
@@ -145,7 +256,7 @@ def test_killed_half_way_and_resumed_writes_the_same_bytes(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut", predict=dies_at_tile_9, **options)
-    assert any(n.startswith("band.") for n in os.listdir(tmp_path / "cut/scenes/scene"))
+    assert any(n.startswith("strip.") for n in os.listdir(tmp_path / "cut/scenes/scene"))
     calls.clear()
     engine = run(tmp_path / "cut", predict=lambda image: calls.append(1) or fake_model(image), **options)
     assert engine.resumed and len(calls) < len(engine.windows)
@@ -160,14 +271,14 @@ def test_two_ranks_sharing_rows_write_what_one_writes(tmp_path):
     out = tmp_path / "sharded"
     parts = [part_path(str(out), "scene", k, 2) for k in range(2)]
     for k in range(2):
-        sink = make_sink(out, reader)  # only tile() and encode() are used
+        sink = make_sink(out, reader, windows)  # only tile() and encode() are used
         predict_tile_part(
             fake_model, reader, windows, rank_tiles(windows, k, 2), parts[k], {"k": 1}, sink=sink
         )
     engine = SceneEngine(
         str(out),
         "scene",
-        sink=make_sink(out, reader),
+        sink=make_sink(out, reader, windows),
         image_id="scene.tif",
         height=H,
         width=W,

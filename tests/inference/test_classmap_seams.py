@@ -67,6 +67,7 @@ def class_map(out, reader, windows, model):
         image_id="scene",
         height=reader.height,
         width=reader.width,
+        windows=windows,
         class_names=NAMES,
         overlap=OVERLAP,
         reader=reader,
