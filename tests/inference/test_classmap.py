@@ -173,22 +173,27 @@ def test_class_map_is_the_blend_of_all_windows_bit_for_bit(tmp_path, height, wid
         assert src.read(1).tobytes() == best.tobytes()
 
 
+def dies_at_tile(count, model):
+    """``model``, interrupted (KeyboardInterrupt) at its ``count``-th call."""
+    calls = []
+
+    def predict(image):
+        calls.append(1)
+        if len(calls) == count:
+            raise KeyboardInterrupt
+        return model(image)
+
+    return predict
+
+
 @pytest.mark.parametrize("dies_at", [3, 10, 17])  # 7 windows a row: in rows 0, 1 and 2 (the last)
 def test_killed_in_any_row_and_resumed_writes_the_same_bytes(tmp_path, dies_at):
     height, width, tile, overlap = LAYOUTS[1]
     reader = ScoreReader(height, width)
     layout = {"tile": tile, "overlap": overlap, "confidence": True}
     run(tmp_path / "whole", reader, predict=random_model, **layout)
-    calls = []
-
-    def dies(image):
-        calls.append(1)
-        if len(calls) == dies_at:
-            raise KeyboardInterrupt
-        return random_model(image)
-
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", reader, predict=dies, **layout)
+        run(tmp_path / "cut", reader, predict=dies_at_tile(dies_at, random_model), **layout)
     engine = run(tmp_path / "cut", reader, predict=random_model, **layout)
     assert engine.resumed and len(row_layout(engine.windows, height, width)) == 3
     for name in OUTPUTS + ["classmaps/scene.confidence.tif"]:
@@ -196,16 +201,8 @@ def test_killed_in_any_row_and_resumed_writes_the_same_bytes(tmp_path, dies_at):
 
 
 def test_a_checkpoint_without_a_strip_is_an_error_that_names_the_folder(tmp_path):
-    calls = []
-
-    def dies_at_tile_6(image):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return fake_model(image)
-
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, predict=dies_at_tile_6)
+        run(tmp_path, predict=dies_at_tile(6, fake_model))
     manifest = tmp_path / "scenes/scene/manifest.json"
     state = json.loads(manifest.read_text())
     state["band"] = state.pop("strip")  # the sums of a whole row of windows
@@ -246,18 +243,10 @@ def test_min_confidence_makes_unsure_pixels_no_data(tmp_path):
 def test_killed_half_way_and_resumed_writes_the_same_bytes(tmp_path):
     options = {"confidence": True, "vectorize": {"band_rows": 40}}
     run(tmp_path / "whole", **options)
-    calls = []
-
-    def dies_at_tile_9(image):
-        calls.append(1)
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        return fake_model(image)
-
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", predict=dies_at_tile_9, **options)
+        run(tmp_path / "cut", predict=dies_at_tile(9, fake_model), **options)
     assert any(n.startswith("strip.") for n in os.listdir(tmp_path / "cut/scenes/scene"))
-    calls.clear()
+    calls = []
     engine = run(tmp_path / "cut", predict=lambda image: calls.append(1) or fake_model(image), **options)
     assert engine.resumed and len(calls) < len(engine.windows)
     for name in OUTPUTS + ["classmaps/scene.confidence.tif", "geojson/scene.geojson"]:
