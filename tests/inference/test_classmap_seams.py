@@ -5,7 +5,7 @@ window borders: it box-filters the window's colours with zero padding, so that
 near a window's edge the colours fade and a constant-score class wins. The
 class scores of the real ClassMapSink and SceneEngine are blended over the
 tiles; the untiled map is the whole scene shrunk to the test size (shortest
-edge 320, as the tiny semantic config) and the scores brought back to full
+edge 320) and the scores brought back to full
 size, as SCOREPredictor.semantic does. The same figures for the trained
 tiny-world model are in docs/PREDICT.md (tools/bench/classmap_seams.py).
 """
