@@ -159,6 +159,8 @@ def test_a_short_training_run_finds_unseen_classes(tmp_path, monkeypatch):
     their names, so the control keeps less than half of the unseen AP (on the
     tiny world it keeps none of about 2 points).
     """
+    from detectron2.utils.env import seed_all_rng
+
     from score.data.datasets import ensemble_exponents
     from score.engine import Trainer
     from synthetic_world import write_synthetic_datasets
@@ -178,6 +180,7 @@ def test_a_short_training_run_finds_unseen_classes(tmp_path, monkeypatch):
         "MODEL.SCORE.GEOMETRIC_ENSEMBLE_BETA", str(float(beta)),
     )  # fmt: skip
     cfg.freeze()
+    seed_all_rng(cfg.SEED)  # as train_net.py's default_setup: the run does not depend on earlier tests
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
