@@ -295,6 +295,12 @@ def needs_tiling(height: int, width: int, min_size: int, max_size: int) -> bool:
     return min(min_size / min(height, width), max_size / max(height, width)) < 0.5
 
 
+def tile_overlap(args: argparse.Namespace, cfg) -> int:
+    """The overlap of the tiles in px (--tile-overlap, default a quarter of the tile side)."""
+    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
+    return tile_size // 4 if args.tile_overlap is None else args.tile_overlap
+
+
 def scene_windows(reader, args, cfg) -> Tuple[List[Box], bool]:
     """The tile windows of a scene (one window when it is not tiled), and whether it is tiled."""
     tiled = args.tiling == "always" or (
@@ -304,8 +310,7 @@ def scene_windows(reader, args, cfg) -> Tuple[List[Box], bool]:
     if not tiled:
         return [(0, 0, reader.width, reader.height)], False
     tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
-    overlap = tile_size // 4 if args.tile_overlap is None else args.tile_overlap
-    return tile_windows(reader.height, reader.width, tile_size, overlap), True
+    return tile_windows(reader.height, reader.width, tile_size, tile_overlap(args, cfg)), True
 
 
 def output_stem(image_id: str) -> str:
@@ -670,12 +675,6 @@ def check_semantic_output(args: argparse.Namespace) -> None:
     path = os.path.join(args.output, "classmaps")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{path} is an existing file; the class maps are written in a folder there")
-
-
-def tile_overlap(args: argparse.Namespace, cfg) -> int:
-    """The overlap of the tiles in px (--tile-overlap, default a quarter of the tile side)."""
-    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
-    return tile_size // 4 if args.tile_overlap is None else args.tile_overlap
 
 
 def class_map_sink(reader, image_id: str, args, cfg, class_names, windows, *, canvas=None) -> ClassMapSink:
