@@ -19,6 +19,7 @@ from PIL import Image
 from score.predict.classmap import ClassMapSink
 from score.predict.scene import SceneEngine, predict_tiles
 from score.predict.windows import tile_windows
+from tests.conftest import load_script
 
 NAMES = ["red", "green", "blue", "dark"]
 SIZE, TEST_SIZE, OVERLAP = 2000, 320, 80  # the tool's defaults: tile = test size, overlap = tile / 4
@@ -86,24 +87,13 @@ def class_map(out, reader, windows, model):
     return np.asarray(Image.open(out / "classmaps/scene.png"))
 
 
-def near_inner_window_edges(windows, height, width, border=BORDER):
-    """(H, W) bool: within ``border`` px of a window edge that lies inside the scene."""
-    near = np.zeros((height, width), bool)
-    for x0, y0, x1, y1 in windows:
-        for edge in (x0, x1):
-            if 0 < edge < width:
-                near[y0:y1, max(0, edge - border) : edge + border] = True
-        for edge in (y0, y1):
-            if 0 < edge < height:
-                near[max(0, edge - border) : edge + border, x0:x1] = True
-    return near
-
-
 def disagreement(tiled, untiled, windows):
     """Share of pixels (FRAME px from the scene's border or more) that differ: all, near inner window
     edges, elsewhere."""
     differ = (tiled != untiled)[FRAME:-FRAME, FRAME:-FRAME]
-    near = near_inner_window_edges(windows, *tiled.shape)[FRAME:-FRAME, FRAME:-FRAME]
+    # The bench's measure (tools/bench/classmap_seams.py), so that test and bench count the same pixels.
+    near_edges = load_script("tools/bench/classmap_seams.py").near_inner_window_edges
+    near = near_edges(windows, *tiled.shape, border=BORDER)[FRAME:-FRAME, FRAME:-FRAME]
     return differ.mean(), differ[near].mean(), differ[~near].mean()
 
 

@@ -37,6 +37,7 @@ from score.predict.windows import tile_windows  # noqa: E402
 
 
 def near_inner_window_edges(windows, height, width, border=BORDER):
+    """(H, W) bool: within ``border`` px of a window edge that lies inside the scene."""
     near = np.zeros((height, width), bool)
     for x0, y0, x1, y1 in windows:
         for edge in (x0, x1):
