@@ -485,6 +485,13 @@ def object_tokens(tokenizer, concepts: dict[str, list[str]]) -> torch.Tensor:
     return torch.unique(tokenizer([t.format(n) for names in objects for n in names for t in TEMPLATES]))
 
 
+def land_cover_words(tokenizer, concepts: dict[str, list[str]]) -> torch.Tensor:
+    """The token ids that land-cover names bring and no object caption holds (``water``, ``flooded``...)."""
+    covers = [n for key, names in concepts.items() if is_cover(key) for n in names]
+    words = torch.unique(tokenizer(covers))
+    return words[~torch.isin(words, object_tokens(tokenizer, concepts))]
+
+
 def train_new_words_only(model, tokenizer, concepts: dict[str, list[str]]) -> torch.nn.Parameter:
     """Freeze all but the token embeddings of words that no object caption holds; returns that parameter.
 
@@ -496,13 +503,12 @@ def train_new_words_only(model, tokenizer, concepts: dict[str, list[str]]) -> to
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     embedding = model.token_embedding.weight
-    trainable = torch.ones(embedding.shape[0], 1)
-    trainable[object_tokens(tokenizer, concepts)] = 0
+    words = land_cover_words(tokenizer, concepts)
+    trainable = torch.zeros(embedding.shape[0], 1)
+    trainable[words] = 1
     embedding.requires_grad_(True)
     embedding.register_hook(lambda grad: grad * trainable)
-    covers = [n for key, names in concepts.items() if is_cover(key) for n in names]
-    new_words = int(trainable[torch.unique(tokenizer(covers))].sum())
-    logger.info("training the token embeddings of the %d new words of land-cover names only", new_words)
+    logger.info("training the token embeddings of the %d new words of land-cover names only", len(words))
     return embedding
 
 

@@ -182,9 +182,7 @@ def test_new_words_stage_trains_land_cover_into_the_shipped_object_towers(tmp_pa
     monkeypatch.setattr(module, "zero_shot_region_top1", lambda *args, **kwargs: {"objects": 0.0})
     tokenizer = open_clip.get_tokenizer(TINY_CONVNEXT)
     concepts = module.concept_names()
-    objects = set(module.object_tokens(tokenizer, concepts).tolist())
-    covers = [n for key, names in concepts.items() if module.is_cover(key) for n in names]
-    new_words = [t for t in tokenizer(covers).unique().tolist() if t not in objects]
+    new_words = module.land_cover_words(tokenizer, concepts)
     state = torch.load(REPO / CHECKPOINT, map_location="cpu", weights_only=True)
     generator = torch.Generator().manual_seed(0)
     embedding = state["token_embedding.weight"]
