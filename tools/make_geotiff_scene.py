@@ -75,6 +75,21 @@ def _draw(strip: np.ndarray, row0: int, objects: List[Shape]) -> None:
             cv2.ellipse(strip, (x, y - row0), axes, angle, 0, 360, colour, thickness=-1)
 
 
+def geotiff_profile(size: int, crs: str, pixel_size: float, origin: Tuple[float, float]) -> dict:
+    """rasterio profile of a size x size scene on a north-up grid: tiled 256 px, deflate (no bands yet)."""
+    return {
+        "driver": "GTiff",
+        "height": size,
+        "width": size,
+        "crs": crs,
+        "transform": from_origin(origin[0], origin[1], pixel_size, pixel_size),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
+
+
 def make_scene(
     path: str,
     size: int,
@@ -91,20 +106,8 @@ def make_scene(
     """
     rng = np.random.default_rng(seed)
     objects = random_objects(size, size, rng)
-    profile = {
-        "driver": "GTiff",
-        "height": size,
-        "width": size,
-        "count": 3,
-        "dtype": dtype,
-        "crs": crs,
-        "transform": from_origin(origin[0], origin[1], pixel_size, pixel_size),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-        "photometric": "RGB",
-    }
+    profile = geotiff_profile(size, crs, pixel_size, origin)
+    profile.update(count=3, dtype=dtype, photometric="RGB")
     with rasterio.open(path, "w", **profile) as dst:
         for row0 in range(0, size, _STRIP):
             rows = min(_STRIP, size - row0)
@@ -144,17 +147,7 @@ def make_landcover_scene(
     names = painted_names(split)
     rng = np.random.default_rng(seed)
     queue: collections.deque = collections.deque()
-    profile = {
-        "driver": "GTiff",
-        "height": size,
-        "width": size,
-        "crs": crs,
-        "transform": from_origin(origin[0], origin[1], pixel_size, pixel_size),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-    }
+    profile = geotiff_profile(size, crs, pixel_size, origin)
     label_file = rasterio.open(labels, "w", count=1, dtype="uint8", **profile) if labels else None
     count = 0
     try:
