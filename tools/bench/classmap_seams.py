@@ -13,7 +13,8 @@ see). For each untiled map it prints the share of pixels where it agrees with
 the tiled one and the disagreement within 4 px of an inner window edge against
 elsewhere (a seam shows as more disagreement near the edges), and each map's
 pixel accuracy against the true classes (the tiled one also near inner window
-edges and elsewhere).
+edges and elsewhere). Last, the ceiling of the untiled map: a perfect model's,
+the true classes shrunk to the test size and enlarged again, against the truth.
 Pixels within 40 px of the scene's border are left out of the disagreement
 (the untiled map's own border effects), as in tests/inference/test_classmap_seams.py.
 """
@@ -128,7 +129,24 @@ def main(argv: list[str] | None = None) -> dict:
             f"within {BORDER} px of an inner window edge {figures[name]['near_edges']:.1%}, elsewhere "
             f"{figures[name]['elsewhere']:.1%}; pixel accuracy {figures[name]['accuracy']:.1%}"
         )
+    figures["perfect_untiled"] = (shrunk_and_enlarged(labels, tile) == labels)[inner].mean()
+    print(
+        f"a perfect model untiled (the true classes shrunk to {tile} px and enlarged again) agrees with "
+        f"the true classes on {figures['perfect_untiled']:.2%} of the pixels"
+    )
     return figures
+
+
+def shrunk_and_enlarged(labels: np.ndarray, size: int) -> np.ndarray:
+    """The classes of a (H, W) label map whose one-hot scores are shrunk to ``size`` px and enlarged back."""
+    import torch
+    import torch.nn.functional as F
+
+    one_hot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1)
+    scores = one_hot.permute(2, 0, 1)[None].float()
+    small = F.interpolate(scores, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    back = F.interpolate(small, size=labels.shape, mode="bilinear", align_corners=False)
+    return back.argmax(1)[0].numpy()
 
 
 if __name__ == "__main__":
