@@ -226,10 +226,18 @@ def add_semantic_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--vectorize", action="store_true", help="also write the classes as GeoJSON polygons")
     group.add_argument(
-        "--simplify", type=float, default=0.0, metavar="TOL", help="simplify polygon outlines (TOL in px)"
+        "--simplify",
+        type=float,
+        default=0.0,
+        metavar="TOL",
+        help="--vectorize: simplify polygon outlines (TOL in px)",
     )
     group.add_argument(
-        "--min-area", type=float, default=0.0, metavar="PX", help="leave out polygons of fewer pixels"
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="--vectorize: leave out polygons of fewer pixels",
     )
     group.add_argument("--cog", action="store_true", help="write the GeoTIFFs as Cloud-Optimized GeoTIFFs")
 
@@ -663,6 +671,8 @@ def choose_task(args: argparse.Namespace, cfg) -> None:
     for name in ("simplify", "min_area"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        if getattr(args, name) and not args.vectorize:
+            raise ValueError(f"--{name.replace('_', '-')}: an option of the polygons, which need --vectorize")
     if args.cog:
         with rasterio.Env() as env:
             if "COG" not in env.drivers():

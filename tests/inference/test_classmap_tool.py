@@ -104,7 +104,12 @@ def no_model(predict_tool, monkeypatch):
         (TINY_CONFIG, ["--vectorize"], "--vectorize: options of class maps"),
         (SEMANTIC_CONFIG, ["--task", "instance", "--cog"], "--cog: options of class maps"),
         (SEMANTIC_CONFIG, ["--min-confidence", "1.5"], "--min-confidence must be in [0, 1]"),
-        (SEMANTIC_CONFIG, ["--simplify", "-1"], "--simplify must be >= 0"),
+        (SEMANTIC_CONFIG, ["--vectorize", "--simplify", "-1"], "--simplify must be >= 0"),
+        (
+            SEMANTIC_CONFIG,
+            ["--min-area", "10"],
+            "--min-area: an option of the polygons, which need --vectorize",
+        ),
     ],
 )
 def test_usage_errors_come_before_the_model(
