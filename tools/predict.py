@@ -303,10 +303,14 @@ def needs_tiling(height: int, width: int, min_size: int, max_size: int) -> bool:
     return min(min_size / min(height, width), max_size / max(height, width)) < 0.5
 
 
+def tile_side(args: argparse.Namespace, cfg) -> int:
+    """The side of the tiles in px (--tile-size, default the test size)."""
+    return args.tile_size or cfg.INPUT.MIN_SIZE_TEST
+
+
 def tile_overlap(args: argparse.Namespace, cfg) -> int:
     """The overlap of the tiles in px (--tile-overlap, default a quarter of the tile side)."""
-    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
-    return tile_size // 4 if args.tile_overlap is None else args.tile_overlap
+    return tile_side(args, cfg) // 4 if args.tile_overlap is None else args.tile_overlap
 
 
 def scene_windows(reader, args, cfg) -> Tuple[List[Box], bool]:
@@ -317,8 +321,7 @@ def scene_windows(reader, args, cfg) -> Tuple[List[Box], bool]:
     )
     if not tiled:
         return [(0, 0, reader.width, reader.height)], False
-    tile_size = args.tile_size or cfg.INPUT.MIN_SIZE_TEST
-    return tile_windows(reader.height, reader.width, tile_size, tile_overlap(args, cfg)), True
+    return tile_windows(reader.height, reader.width, tile_side(args, cfg), tile_overlap(args, cfg)), True
 
 
 def output_stem(image_id: str) -> str:
