@@ -351,11 +351,11 @@ class ClassMapSink:
         new = slice(self._right - self._left, right - self._left)
         self._open[:, :, new] = 0
         if carried:
-            count = right - self._right
-            data = self._strip_in.read(count * self._open.shape[0] * carried * 4)
-            if len(data) != count * self._open.shape[0] * carried * 4:
+            shape = (right - self._right, self._open.shape[0], carried)
+            data = self._strip_in.read(4 * int(np.prod(shape)))  # float32
+            if len(data) != 4 * np.prod(shape):
                 raise OSError(f"{self._strip_in.name} is shorter than row {row} of tiles needs")
-            strip = np.frombuffer(data, np.float32).reshape(count, self._open.shape[0], carried)
+            strip = np.frombuffer(data, np.float32).reshape(shape)
             self._open[:, :carried, new] = strip.transpose(1, 2, 0)
         self._right = right
 
